@@ -1,0 +1,72 @@
+//! `fgvc`: the command line of the fgvc toolkit.
+//!
+//! Today it renders previews of the destructions the methods train on; `train`, `eval` and `predict` arrive
+//! with the training engine.
+
+mod preview;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fgvc",
+    version,
+    about = "Fine-grained visual classification on candle"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Image destructions and transforms.
+    Augment {
+        #[command(subcommand)]
+        command: AugmentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AugmentCommand {
+    /// Render images next to every destruction (jigsaw 8/4/2, region confusion official and paper,
+    /// recursive mosaic 3/2) as one PNG.
+    Preview(PreviewArgs),
+}
+
+/// Arguments of `fgvc augment preview`.
+#[derive(Args, Debug)]
+pub struct PreviewArgs {
+    /// Images to show; by default, images of the embedded synthetic dataset.
+    pub images: Vec<PathBuf>,
+    /// Number of synthetic images when no image is given.
+    #[arg(long, default_value_t = 4)]
+    pub count: usize,
+    /// Side of the square images shown, in pixels (a multiple of 56, so 7x7 and 8x8 grids fit).
+    #[arg(long, default_value_t = 224)]
+    pub size: u32,
+    /// Seed of the destructions and of the synthetic images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the PNG.
+    #[arg(long, default_value = "runs/preview.png")]
+    pub out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    match Cli::parse().command {
+        Command::Augment {
+            command: AugmentCommand::Preview(args),
+        } => preview::run(&args),
+    }
+}

@@ -1,0 +1,193 @@
+//! CUB-200-2011 (Caltech-UCSD Birds): 200 classes, 5,994 training and 5,794 test images.
+//!
+//! The index files are joined by image id, never by line order: `images.txt` (`<id> <relative path>`),
+//! `image_class_labels.txt` (`<id> <class id>`), `train_test_split.txt` (`<id> <1 = train, 0 = test>`),
+//! `classes.txt` (`<class id> <name>`) and, when present, `bounding_boxes.txt` (`<id> <x> <y> <w> <h>`).
+//! Class ids are 1-based in the files; labels are their 0-based rank (for CUB simply `id - 1`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::dataset::{BBox, CropPolicy, ImageSource, Sample, SampleSet, Split};
+use crate::error::{DataError, Result};
+use crate::split::{OfficialSplits, Validation};
+use crate::text::{numbers_after_id, read_lines, split_first};
+
+/// The dataset's display name.
+pub const NAME: &str = "CUB-200-2011";
+
+/// Where to get CUB and what the root must hold.
+pub const HINT: &str = "CUB-200-2011: download CUB_200_2011.tgz (1,150,585,339 bytes, md5 \
+97eceeb196236b17998738112f37df78) from https://data.caltech.edu/records/65de6-vp158 and extract it; \
+the root is the CUB_200_2011 folder holding images.txt, image_class_labels.txt, train_test_split.txt, \
+classes.txt and images/ (its parent is accepted too). See docs/datasets.md.";
+
+/// The folder that holds `images.txt`: `root` itself or `root/CUB_200_2011`.
+pub fn resolve_root(root: &Path) -> PathBuf {
+    let nested = root.join("CUB_200_2011");
+    if !root.join("images.txt").exists() && nested.join("images.txt").exists() {
+        nested
+    } else {
+        root.to_path_buf()
+    }
+}
+
+/// Parse the index files into the official train and test lists. With `bbox_crop`, images are cropped to
+/// their bounding box (which then must exist in `bounding_boxes.txt`).
+pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
+    let root = resolve_root(root);
+    let lines = |name: &str| {
+        let p = root.join(name);
+        read_lines(&root, &p, NAME, HINT).map(|l| (p, l))
+    };
+
+    let (classes_path, class_lines) = lines("classes.txt")?;
+    let mut classes: Vec<(u64, String)> = Vec::with_capacity(class_lines.len());
+    for l in &class_lines {
+        let (id, name) = split_first(l, &classes_path)?;
+        let id: u64 = id.parse().map_err(|_| {
+            DataError::parse(
+                &classes_path,
+                l.number,
+                format!("class id {id:?} is not an integer"),
+            )
+        })?;
+        classes.push((id, name));
+    }
+    classes.sort_by_key(|c| c.0);
+    if let Some(w) = classes.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(DataError::parse(
+            &classes_path,
+            0,
+            format!("class id {} appears twice", w[0].0),
+        ));
+    }
+    let label_of: HashMap<u64, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.0, i as u32))
+        .collect();
+    let class_names: Vec<String> = classes.into_iter().map(|c| c.1).collect();
+
+    let (labels_path, label_lines) = lines("image_class_labels.txt")?;
+    let mut labels: HashMap<String, u32> = HashMap::with_capacity(label_lines.len());
+    for l in &label_lines {
+        let (id, class) = split_first(l, &labels_path)?;
+        let label = class
+            .parse::<u64>()
+            .ok()
+            .and_then(|c| label_of.get(&c).copied())
+            .ok_or_else(|| {
+                DataError::parse(
+                    &labels_path,
+                    l.number,
+                    format!("class {class:?} is not listed in classes.txt"),
+                )
+            })?;
+        labels.insert(id, label);
+    }
+
+    let (split_path, split_lines) = lines("train_test_split.txt")?;
+    let mut is_train: HashMap<String, bool> = HashMap::with_capacity(split_lines.len());
+    for l in &split_lines {
+        let (id, flag) = split_first(l, &split_path)?;
+        let train = match flag.as_str() {
+            "1" => true,
+            "0" => false,
+            _ => {
+                return Err(DataError::parse(
+                    &split_path,
+                    l.number,
+                    format!("expected 0 or 1, got {flag:?}"),
+                ))
+            }
+        };
+        is_train.insert(id, train);
+    }
+
+    let boxes_path = root.join("bounding_boxes.txt");
+    let mut boxes: HashMap<String, BBox> = HashMap::new();
+    if boxes_path.exists() {
+        for l in read_lines(&root, &boxes_path, NAME, HINT)? {
+            let (id, v) = numbers_after_id(&l, &boxes_path, 4)?;
+            boxes.insert(
+                id,
+                BBox {
+                    x: v[0] as f32,
+                    y: v[1] as f32,
+                    width: v[2] as f32,
+                    height: v[3] as f32,
+                },
+            );
+        }
+    } else if bbox_crop {
+        return Err(DataError::NotADataset {
+            dataset: NAME,
+            root: root.clone(),
+            missing: "bounding_boxes.txt".into(),
+            hint: format!("bounding-box cropping needs it. {HINT}"),
+        });
+    }
+
+    let (images_path, image_lines) = lines("images.txt")?;
+    let images_dir = root.join("images");
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for l in &image_lines {
+        let (id, rel) = split_first(l, &images_path)?;
+        let label = *labels.get(&id).ok_or_else(|| {
+            DataError::parse(
+                &images_path,
+                l.number,
+                format!("image id {id} has no entry in {}", labels_path.display()),
+            )
+        })?;
+        let train_flag = *is_train.get(&id).ok_or_else(|| {
+            DataError::parse(
+                &images_path,
+                l.number,
+                format!("image id {id} has no entry in {}", split_path.display()),
+            )
+        })?;
+        let bbox = boxes.get(&id).copied();
+        if bbox_crop && bbox.is_none() {
+            return Err(DataError::parse(
+                &boxes_path,
+                0,
+                format!("image id {id} has no bounding box"),
+            ));
+        }
+        let sample = Sample {
+            source: ImageSource::Path(images_dir.join(rel)),
+            label,
+            bbox,
+        };
+        if train_flag {
+            train.push(sample);
+        } else {
+            test.push(sample);
+        }
+    }
+    let crop = CropPolicy {
+        bottom_rows: 0,
+        bbox: bbox_crop,
+    };
+    let make = |samples, split: Split| {
+        SampleSet::new(format!("{NAME} ({split})"), class_names.clone(), samples)
+            .map(|s| s.with_crop(crop))
+    };
+    Ok(OfficialSplits {
+        train: make(train, Split::Train)?,
+        official_val: None,
+        test: make(test, Split::Test),
+    })
+}
+
+/// The samples of `split` (see [`Validation`] for how `Val` is made).
+pub fn load(
+    root: &Path,
+    split: Split,
+    validation: &Validation,
+    bbox_crop: bool,
+) -> Result<SampleSet> {
+    official(root, bbox_crop)?.select(split, validation)
+}
