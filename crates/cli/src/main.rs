@@ -1,8 +1,9 @@
 //! `fgvc`: the command line of the fgvc toolkit.
 //!
-//! Today it renders previews of the destructions the methods train on; `train`, `eval` and `predict` arrive
-//! with the training engine.
+//! Today it renders previews of the destructions the methods train on and verifies datasets; `train`,
+//! `eval` and `predict` arrive with the training engine.
 
+mod data;
 mod preview;
 
 use std::path::PathBuf;
@@ -28,6 +29,17 @@ enum Command {
         #[command(subcommand)]
         command: AugmentCommand,
     },
+    /// Datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Count images per split and class and report missing or unreadable files.
+    Verify(data::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -68,5 +80,8 @@ fn main() -> Result<()> {
         Command::Augment {
             command: AugmentCommand::Preview(args),
         } => preview::run(&args),
+        Command::Data {
+            command: DataCommand::Verify(args),
+        } => data::run(&args),
     }
 }
