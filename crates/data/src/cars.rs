@@ -239,15 +239,7 @@ pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
                 bottom_rows: 0,
                 bbox: bbox_crop,
             };
-            let make = |v, split: Split| {
-                SampleSet::new(format!("{NAME} ({split})"), names.clone(), v)
-                    .map(|s| s.with_crop(crop))
-            };
-            Ok(OfficialSplits {
-                train: make(train, Split::Train)?,
-                official_val: None,
-                test: make(test, Split::Test),
-            })
+            OfficialSplits::train_test(NAME, names, train, test, crop)
         }
         Layout::Devkit => {
             let (meta_path, meta) = read_required(&root, "devkit/cars_meta.mat")?;

@@ -171,15 +171,7 @@ pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
         bottom_rows: 0,
         bbox: bbox_crop,
     };
-    let make = |samples, split: Split| {
-        SampleSet::new(format!("{NAME} ({split})"), class_names.clone(), samples)
-            .map(|s| s.with_crop(crop))
-    };
-    Ok(OfficialSplits {
-        train: make(train, Split::Train)?,
-        official_val: None,
-        test: make(test, Split::Test),
-    })
+    OfficialSplits::train_test(NAME, class_names, train, test, crop)
 }
 
 /// The samples of `split` (see [`Validation`] for how `Val` is made).

@@ -7,7 +7,7 @@ use image::RgbImage;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Dataset, SampleSet, Split};
+use crate::dataset::{CropPolicy, Dataset, Sample, SampleSet, Split};
 use crate::error::{DataError, Result};
 use crate::rng::{keyed_rng, Domain};
 
@@ -93,6 +93,26 @@ pub struct OfficialSplits {
 }
 
 impl OfficialSplits {
+    /// Train and test lists of `dataset` sharing its class names and crop policy, with no official
+    /// validation list (CUB, Stanford Cars).
+    pub(crate) fn train_test(
+        dataset: &str,
+        class_names: Vec<String>,
+        train: Vec<Sample>,
+        test: Vec<Sample>,
+        crop: CropPolicy,
+    ) -> Result<Self> {
+        let make = |samples, split: Split| {
+            SampleSet::new(format!("{dataset} ({split})"), class_names.clone(), samples)
+                .map(|s| s.with_crop(crop))
+        };
+        Ok(OfficialSplits {
+            train: make(train, Split::Train)?,
+            official_val: None,
+            test: make(test, Split::Test),
+        })
+    }
+
     /// The samples of `split` under the validation policy `validation`.
     pub fn select(self, split: Split, validation: &Validation) -> Result<SampleSet> {
         let base = self.train.name().trim_end_matches(" (train)").to_string();
