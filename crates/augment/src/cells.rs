@@ -95,18 +95,29 @@ pub fn permute_cells(images: &Tensor, perms: &[Permutation]) -> Result<Tensor> {
     }
     let (ch, cw) = cell_size(grid, h, w)?;
     // The batch viewed as rows of `grid` segments of `cw` pixels; each output segment copies one input segment.
-    let mut index = Vec::with_capacity(n * c * h * grid);
+    // The segment pattern of one plane depends only on the permutation; each plane adds its offset.
+    let plane_len = h * grid;
+    let mut pattern = Vec::with_capacity(plane_len);
+    let mut index = Vec::with_capacity(n * c * plane_len);
     for b in 0..n {
-        let perm = &perms[if perms.len() == 1 { 0 } else { b }];
-        for plane in b * c..(b + 1) * c {
+        if b == 0 || perms.len() != 1 {
+            let perm = &perms[if perms.len() == 1 { 0 } else { b }];
+            pattern.clear();
             for y in 0..h {
                 let (tile_row, offset) = (y / ch, y % ch);
-                for tile_col in 0..grid {
-                    let src = perm.source_of[tile_row * grid + tile_col] as usize;
-                    let src_row = (src / grid) * ch + offset;
-                    index.push(((plane * h + src_row) * grid + src % grid) as u32);
-                }
+                pattern.extend(
+                    perm.source_of[tile_row * grid..(tile_row + 1) * grid]
+                        .iter()
+                        .map(|&src| {
+                            let src = src as usize;
+                            ((src / grid) * ch + offset) * grid + src % grid
+                        }),
+                );
             }
+        }
+        for plane in b * c..(b + 1) * c {
+            let base = plane * plane_len;
+            index.extend(pattern.iter().map(|&p| (base + p) as u32));
         }
     }
     let index = Tensor::from_vec(index, n * c * h * grid, images.device())?;

@@ -90,17 +90,17 @@ impl Jigsaw {
     pub fn apply(&self, images: &Tensor, rng: &mut impl Rng) -> Result<Destroyed> {
         let (batch, _, h, w) = batch_dims(images, "Jigsaw")?;
         cell_size(self.n, h, w)?;
-        let permutations = match self.mode {
-            JigsawMode::Official => vec![self.official_permutation(rng); batch],
+        let drawn: Vec<Permutation> = match self.mode {
+            JigsawMode::Official => vec![self.official_permutation(rng)],
             JigsawMode::PerImage => (0..batch).map(|_| self.uniform_permutation(rng)).collect(),
         };
-        let images = match self.mode {
-            JigsawMode::Official => permute_cells(images, &permutations[..1])?,
-            JigsawMode::PerImage => permute_cells(images, &permutations)?,
-        };
         Ok(Destroyed {
-            images,
-            permutations,
+            images: permute_cells(images, &drawn)?,
+            permutations: if drawn.len() == batch {
+                drawn
+            } else {
+                vec![drawn[0].clone(); batch]
+            },
         })
     }
 }
