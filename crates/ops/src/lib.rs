@@ -1,0 +1,45 @@
+//! # fgvc-ops
+//!
+//! The CNN-training operations that candle 0.11 lacks or gets wrong on the CPU, each with a backward pass,
+//! plus the layers the backbones and heads are built from and a seeded parameter store.
+//!
+//! - [`conv2d`]: any stride, padding and dilation; input and weight gradients as GEMMs.
+//! - [`depthwise_conv2d`]: one filter per channel (MobileNetV2), direct kernels.
+//! - [`max_pool2d`], [`global_max_pool`], [`global_avg_pool`], [`avg_pool2d`]: gradients routed to the argmax.
+//! - [`batch_norm`]: fused train/eval BatchNorm with PyTorch's running-statistics update.
+//! - [`relu6`], [`gradient_reversal`]: small ops the heads need.
+//! - [`ParamStore`] / [`Params`]: named parameters (torchvision's names) initialised from a seeded RNG,
+//!   because candle's CPU RNG cannot be seeded.
+//!
+//! On devices other than the CPU the ops fall back to compositions of candle's own ops, so everything runs on
+//! CUDA and Metal too.
+//!
+//! ```
+//! use candle_core::{DType, Device, Module, Tensor};
+//! use fgvc_ops::{BatchNorm, Conv2d, Conv2dConfig, ParamStore};
+//!
+//! let store = ParamStore::new(7, DType::F32, &Device::Cpu);
+//! let p = store.root();
+//! let conv = Conv2d::new(3, 8, 3, Conv2dConfig::same(1), false, &p.pp("conv1"))?;
+//! let bn = BatchNorm::new(8, &p.pp("bn1"))?;
+//! let x = Tensor::randn(0f32, 1., (2, 3, 16, 16), &Device::Cpu)?;
+//! let y = bn.forward_t(&conv.forward(&x)?, true)?.relu()?;
+//! assert_eq!(y.dims(), &[2, 8, 16, 16]);
+//! assert!(store.names().contains(&"bn1.running_var".to_string()));
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod activation;
+mod batch_norm;
+mod conv;
+mod linear;
+mod params;
+mod pool;
+
+pub use activation::{gradient_reversal, relu6};
+pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
+pub use conv::{conv2d, depthwise_conv2d, Conv2d, Conv2dConfig};
+pub use linear::Linear;
+pub use params::{is_buffer, Init, ParamStore, Params};
+pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};
