@@ -1,13 +1,127 @@
 //! Small activations and the gradient-reversal op.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
-/// `min(max(x, 0), 6)`, MobileNetV2's activation.
+use crate::cpu::{contiguous, dispatch, fast_path, Elem};
+
+/// `min(max(x, 0), 6)`, MobileNetV2's activation. The gradient is 1 strictly inside (0, 6) and 0 elsewhere,
+/// as PyTorch's `hardtanh_backward`.
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) {
+        return x.contiguous()?.apply_op1(Unary::Relu6);
+    }
     x.clamp(0f32, 6f32)
+}
+
+/// `nn.ELU(alpha)`: `x` for `x > 0`, `alpha * (exp(x) - 1)` otherwise (PMG's classifiers use alpha 1).
+pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    if fast_path(x) {
+        return x.contiguous()?.apply_op1(Unary::Elu(alpha));
+    }
+    x.elu(alpha)
 }
 
 /// Identity forward, `-lambda * grad` backward (DANN's gradient-reversal layer), on every device.
 pub fn gradient_reversal(x: &Tensor, lambda: f64) -> Result<Tensor> {
-    x.affine(-lambda, 0.)?.add(&x.affine(1. + lambda, 0.)?.detach())
+    x.affine(-lambda, 0.)?
+        .add(&x.affine(1. + lambda, 0.)?.detach())
+}
+
+/// Elementwise activations with a fused backward.
+#[derive(Debug, Clone, Copy)]
+enum Unary {
+    Relu6,
+    Elu(f64),
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl Unary {
+    fn fwd<T: Elem>(&self, x: &[T]) -> Vec<T> {
+        let mut y = vec![T::ZERO; x.len()];
+        let six = T::from_f64(6.);
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(out, inp)| match *self {
+                Unary::Relu6 => {
+                    for (o, &v) in out.iter_mut().zip(inp) {
+                        // Two selects rather than an if-else chain: branch-free, and NaN propagates as in
+                        // PyTorch's clamp.
+                        let lo = if v < T::ZERO { T::ZERO } else { v };
+                        *o = if lo > six { six } else { lo };
+                    }
+                }
+                Unary::Elu(alpha) => {
+                    let a = T::from_f64(alpha);
+                    for (o, &v) in out.iter_mut().zip(inp) {
+                        *o = if v > T::ZERO {
+                            v
+                        } else {
+                            a * (v.exp() - T::ONE)
+                        };
+                    }
+                }
+            });
+        y
+    }
+
+    fn grad<T: Elem>(&self, x: &[T], dy: &[T]) -> Vec<T> {
+        let mut dx = vec![T::ZERO; x.len()];
+        let six = T::from_f64(6.);
+        dx.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+            .for_each(|(out, (inp, g))| match *self {
+                Unary::Relu6 => {
+                    for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                        *o = if v > T::ZERO && v < six { g } else { T::ZERO };
+                    }
+                }
+                Unary::Elu(alpha) => {
+                    let a = T::from_f64(alpha);
+                    for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                        *o = if v > T::ZERO { g } else { g * a * v.exp() };
+                    }
+                }
+            });
+        dx
+    }
+}
+
+impl CustomOp1 for Unary {
+    fn name(&self) -> &'static str {
+        match self {
+            Unary::Relu6 => "fgvc-relu6",
+            Unary::Elu(_) => "fgvc-elu",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s, T => Ok((T::wrap(self.fwd::<T>(contiguous(s, l)?)), l.shape().clone())))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            x.apply_op2_no_bwd(&dy.contiguous()?, &UnaryGrad(*self))?,
+        ))
+    }
+}
+
+/// Backward of [`Unary`]: (x, dy) -> dx.
+struct UnaryGrad(Unary);
+
+impl CustomOp2 for UnaryGrad {
+    fn name(&self) -> &'static str {
+        "fgvc-unary-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => Ok((T::wrap(self.0.grad::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?)), l1.shape().clone())))
+    }
 }

@@ -2,6 +2,8 @@
 
 use candle_core::{Module, Result, Tensor};
 
+use crate::conv_cpu::{ConvOp, DepthwiseOp, Geometry};
+use crate::cpu::fast_path;
 use crate::params::{fans, Init, Params};
 
 /// Geometry of a 2-D convolution, per axis `(height, width)`.
@@ -19,19 +21,31 @@ pub struct Conv2dConfig {
 
 impl Default for Conv2dConfig {
     fn default() -> Self {
-        Self { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
+        Self {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
     }
 }
 
 impl Conv2dConfig {
     /// Stride 1 with `padding` on every side (`same(1)` keeps a 3x3 conv's size).
     pub fn same(padding: usize) -> Self {
-        Self { padding: (padding, padding), ..Self::default() }
+        Self {
+            padding: (padding, padding),
+            ..Self::default()
+        }
     }
 
     /// Square stride and padding.
     pub fn new(stride: usize, padding: usize) -> Self {
-        Self { stride: (stride, stride), padding: (padding, padding), ..Self::default() }
+        Self {
+            stride: (stride, stride),
+            padding: (padding, padding),
+            ..Self::default()
+        }
     }
 
     /// The same geometry with `groups`.
@@ -41,7 +55,9 @@ impl Conv2dConfig {
 
     /// Output size for an input of `(h, w)` and a kernel of `(kh, kw)`.
     pub fn output_size(&self, (h, w): (usize, usize), (kh, kw): (usize, usize)) -> (usize, usize) {
-        let out = |i: usize, k: usize, s: usize, p: usize, d: usize| (i + 2 * p - d * (k - 1) - 1) / s + 1;
+        let out = |i: usize, k: usize, s: usize, p: usize, d: usize| {
+            (i + 2 * p - d * (k - 1) - 1) / s + 1
+        };
         (
             out(h, kh, self.stride.0, self.padding.0, self.dilation.0),
             out(w, kw, self.stride.1, self.padding.1, self.dilation.1),
@@ -50,15 +66,43 @@ impl Conv2dConfig {
 }
 
 /// Dense convolution of `x` (N, C_in, H, W) with `weight` (C_out, C_in, kH, kW), plus an optional bias.
-pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
-    let y = fallback_conv(x, weight, cfg, 1)?;
+///
+/// On the CPU (f32/f64) forward, input gradient and weight gradient are im2col/col2im + GEMM (1x1 stride-1
+/// convs are plain matrix products); any stride, padding and dilation per axis, any input size. Elsewhere it
+/// falls back to candle's conv (square geometry only).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+) -> Result<Tensor> {
+    let y = if fast_path(x) {
+        let geom = Geometry::new(x, weight, cfg, false)?;
+        x.contiguous()?
+            .apply_op2(&weight.contiguous()?, ConvOp { geom })?
+    } else {
+        fallback_conv(x, weight, cfg, 1)?
+    };
     add_bias(y, bias)
 }
 
 /// Depthwise convolution: `weight` is (C, 1, kH, kW), one filter per channel of `x` (N, C, H, W).
-pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
+///
+/// On the CPU (f32/f64) forward and both gradients are direct kernels parallel over (n, c) planes.
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+) -> Result<Tensor> {
     let c = x.dim(1)?;
-    let y = fallback_conv(x, weight, cfg, c)?;
+    let y = if fast_path(x) {
+        let geom = Geometry::new(x, weight, cfg, true)?;
+        x.contiguous()?
+            .apply_op2(&weight.contiguous()?, DepthwiseOp { geom })?
+    } else {
+        fallback_conv(x, weight, cfg, c)?
+    };
     add_bias(y, bias)
 }
 
@@ -71,9 +115,13 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 
 /// candle's own conv (square geometry only), used off the CPU.
 fn fallback_conv(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig, groups: usize) -> Result<Tensor> {
-    let square = cfg.stride.0 == cfg.stride.1 && cfg.padding.0 == cfg.padding.1 && cfg.dilation.0 == cfg.dilation.1;
+    let square = cfg.stride.0 == cfg.stride.1
+        && cfg.padding.0 == cfg.padding.1
+        && cfg.dilation.0 == cfg.dilation.1;
     if !square {
-        candle_core::bail!("conv2d: non-square stride/padding/dilation {cfg:?} is not supported by candle's conv")
+        candle_core::bail!(
+            "conv2d: non-square stride/padding/dilation {cfg:?} is not supported by candle's conv"
+        )
     }
     x.conv2d(weight, cfg.padding.0, cfg.stride.0, cfg.dilation.0, groups)
 }
@@ -88,7 +136,14 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// A `k` x `k` conv initialised as PyTorch does by default (kaiming-uniform, a = sqrt 5; bias U(±1/sqrt fan_in)).
-    pub fn new(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, bias: bool, p: &Params) -> Result<Self> {
+    pub fn new(
+        in_c: usize,
+        out_c: usize,
+        k: usize,
+        cfg: Conv2dConfig,
+        bias: bool,
+        p: &Params,
+    ) -> Result<Self> {
         Self::with_init(in_c, out_c, k, cfg, bias, Init::TORCH_DEFAULT, p)
     }
 
@@ -103,7 +158,11 @@ impl Conv2d {
         p: &Params,
     ) -> Result<Self> {
         if cfg.groups == 0 || in_c % cfg.groups != 0 || out_c % cfg.groups != 0 {
-            candle_core::bail!("conv {}: groups {} must divide {in_c} and {out_c}", p.prefix(), cfg.groups)
+            candle_core::bail!(
+                "conv {}: groups {} must divide {in_c} and {out_c}",
+                p.prefix(),
+                cfg.groups
+            )
         }
         let shape = (out_c, in_c / cfg.groups, k, k);
         let weight = p.get(shape, "weight", init)?;

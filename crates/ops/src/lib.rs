@@ -5,14 +5,16 @@
 //!
 //! - [`conv2d`]: any stride, padding and dilation; input and weight gradients as GEMMs.
 //! - [`depthwise_conv2d`]: one filter per channel (MobileNetV2), direct kernels.
-//! - [`max_pool2d`], [`global_max_pool`], [`global_avg_pool`], [`avg_pool2d`]: gradients routed to the argmax.
+//! - [`max_pool2d`], [`global_max_pool`]: gradients routed to the first maximum (PyTorch's rule);
+//!   [`avg_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool`].
 //! - [`batch_norm`]: fused train/eval BatchNorm with PyTorch's running-statistics update.
-//! - [`relu6`], [`gradient_reversal`]: small ops the heads need.
+//! - [`relu6`], [`elu`], [`gradient_reversal`]: small ops the backbones and heads need.
 //! - [`ParamStore`] / [`Params`]: named parameters (torchvision's names) initialised from a seeded RNG,
 //!   because candle's CPU RNG cannot be seeded.
 //!
-//! On devices other than the CPU the ops fall back to compositions of candle's own ops, so everything runs on
-//! CUDA and Metal too.
+//! On the CPU (f32 and f64) every op is a candle custom op with a hand-written, rayon-parallel forward and
+//! backward (`docs/performance.md` has the speed against candle's own ops and PyTorch). On other devices and
+//! dtypes the ops fall back to compositions of candle's own ops, so everything runs on CUDA and Metal too.
 //!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
@@ -33,13 +35,15 @@
 mod activation;
 mod batch_norm;
 mod conv;
+mod conv_cpu;
+mod cpu;
 mod linear;
 mod params;
 mod pool;
 
-pub use activation::{gradient_reversal, relu6};
+pub use activation::{elu, gradient_reversal, relu6};
 pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
 pub use conv::{conv2d, depthwise_conv2d, Conv2d, Conv2dConfig};
 pub use linear::Linear;
 pub use params::{is_buffer, Init, ParamStore, Params};
-pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};
+pub use pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};

@@ -62,7 +62,9 @@ pub enum Init {
 
 impl Init {
     /// PyTorch's default weight init for `Conv2d` and `Linear`: kaiming-uniform with `a = sqrt(5)`.
-    pub const TORCH_DEFAULT: Init = Init::KaimingUniform { a: 2.236_067_977_499_79 };
+    pub const TORCH_DEFAULT: Init = Init::KaimingUniform {
+        a: 2.236_067_977_499_79,
+    };
 }
 
 /// PyTorch's `_calculate_fan_in_and_fan_out`: `(dims[1] * receptive, dims[0] * receptive)`.
@@ -80,7 +82,9 @@ pub fn fans(dims: &[usize]) -> (usize, usize) {
 /// True for tensors that are state, not parameters: BatchNorm running statistics and counters. They are
 /// saved and loaded but never optimised or weight-decayed.
 pub fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
 }
 
 /// FNV-1a, a stable hash: the stream of a parameter must not change between runs or platforms.
@@ -105,12 +109,16 @@ pub(crate) fn sample(init: Init, dims: &[usize], rng: &mut ChaCha8Rng) -> Result
     let n: usize = dims.iter().product();
     let (fan_in, fan_out) = fans(dims);
     let uniform = |rng: &mut ChaCha8Rng, bound: f64| -> Vec<f64> {
-        (0..n).map(|_| (rng.random::<f64>() * 2.0 - 1.0) * bound).collect()
+        (0..n)
+            .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * bound)
+            .collect()
     };
     Ok(match init {
         Init::Const(v) => vec![v; n],
         Init::Normal { mean, std } => (0..n).map(|_| mean + std * normal(rng)).collect(),
-        Init::Uniform { lo, hi } => (0..n).map(|_| lo + (hi - lo) * rng.random::<f64>()).collect(),
+        Init::Uniform { lo, hi } => (0..n)
+            .map(|_| lo + (hi - lo) * rng.random::<f64>())
+            .collect(),
         Init::KaimingNormal { fan_out: out } => {
             let fan = if out { fan_out } else { fan_in };
             let std = (2.0 / fan.max(1) as f64).sqrt();
@@ -138,13 +146,23 @@ fn orthogonal(dims: &[usize], gain: f64, rng: &mut ChaCha8Rng) -> Result<Vec<f64
     let rows = dims[0];
     let cols: usize = dims[1..].iter().product();
     // Work on the tall orientation: k vectors of length m, k <= m.
-    let (k, m) = if rows < cols { (rows, cols) } else { (cols, rows) };
+    let (k, m) = if rows < cols {
+        (rows, cols)
+    } else {
+        (cols, rows)
+    };
     let flat: Vec<f64> = (0..rows * cols).map(|_| normal(rng)).collect();
     // vectors[j] = column j of the tall matrix.
     let mut vectors: Vec<Vec<f64>> = (0..k)
         .map(|j| {
             (0..m)
-                .map(|i| if rows < cols { flat[j * cols + i] } else { flat[i * cols + j] })
+                .map(|i| {
+                    if rows < cols {
+                        flat[j * cols + i]
+                    } else {
+                        flat[i * cols + j]
+                    }
+                })
                 .collect()
         })
         .collect();
@@ -157,7 +175,12 @@ fn orthogonal(dims: &[usize], gain: f64, rng: &mut ChaCha8Rng) -> Result<Vec<f64
             }
         }
         // R's diagonal is the norm, always positive here, so the sign correction is the identity.
-        let norm = vectors[j].iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-300);
+        let norm = vectors[j]
+            .iter()
+            .map(|v| v * v)
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-300);
         vectors[j].iter_mut().for_each(|v| *v /= norm);
     }
     let mut out = vec![0.0; rows * cols];
@@ -190,13 +213,21 @@ impl ParamStore {
     /// An empty store; parameters are created on `device` in `dtype` as layers ask for them.
     pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
         Self {
-            inner: Arc::new(StoreInner { varmap: VarMap::new(), seed, dtype, device: device.clone() }),
+            inner: Arc::new(StoreInner {
+                varmap: VarMap::new(),
+                seed,
+                dtype,
+                device: device.clone(),
+            }),
         }
     }
 
     /// The builder at the root (no name prefix).
     pub fn root(&self) -> Params {
-        Params { store: self.clone(), prefix: String::new() }
+        Params {
+            store: self.clone(),
+            prefix: String::new(),
+        }
     }
 
     /// The seed every parameter stream derives from.
@@ -221,22 +252,40 @@ impl ParamStore {
 
     /// Every name, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.inner.varmap.data().lock().unwrap().keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .inner
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         names.sort();
         names
     }
 
     /// Every `(name, var)` sorted by name, buffers included.
     pub fn all(&self) -> Vec<(String, Var)> {
-        let mut all: Vec<(String, Var)> =
-            self.inner.varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut all: Vec<(String, Var)> = self
+            .inner
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
     /// The trainable parameters (everything but [`is_buffer`] names), sorted by name.
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.all().into_iter().filter(|(n, _)| !is_buffer(n)).collect()
+        self.all()
+            .into_iter()
+            .filter(|(n, _)| !is_buffer(n))
+            .collect()
     }
 
     /// The var called `name`, if it exists.
@@ -250,7 +299,10 @@ impl ParamStore {
         let mut data = self.inner.varmap.data().lock().unwrap();
         if let Some(v) = data.get(name) {
             if v.shape() != &shape {
-                candle_core::bail!("parameter `{name}` requested with shape {shape:?}, exists with {:?}", v.shape())
+                candle_core::bail!(
+                    "parameter `{name}` requested with shape {shape:?}, exists with {:?}",
+                    v.shape()
+                )
             }
             return Ok(v.clone());
         }
@@ -286,8 +338,15 @@ impl Params {
     /// The builder one level down: `pp("conv1")` under `layer1.0` is `layer1.0.conv1`.
     pub fn pp(&self, name: impl ToString) -> Params {
         let name = name.to_string();
-        let prefix = if self.prefix.is_empty() { name } else { format!("{}.{}", self.prefix, name) };
-        Params { store: self.store.clone(), prefix }
+        let prefix = if self.prefix.is_empty() {
+            name
+        } else {
+            format!("{}.{}", self.prefix, name)
+        };
+        Params {
+            store: self.store.clone(),
+            prefix,
+        }
     }
 
     /// The full name of `name` under this prefix.

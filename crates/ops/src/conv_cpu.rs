@@ -1,0 +1,550 @@
+//! CPU kernels of the dense and depthwise convolutions, as candle custom ops with backward passes.
+//!
+//! Dense: forward `Y_b = W (C_out x K) * cols_b (K x OH*OW)`, input gradient `dcols_b = W^T * dY_b` then col2im,
+//! weight gradient `dW += dY_b * cols_b^T`, with `K = C_in*kH*kW`; a 1x1 stride-1 unpadded conv uses the image
+//! itself as `cols_b`. Depthwise: direct loops, parallel over (n, c) planes (weight gradient over c).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::conv::Conv2dConfig;
+use crate::cpu::{contiguous, dispatch, dot, matmul, valid_range, Elem, Mat};
+
+/// Every size of one convolution call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    n: usize,
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    dh: usize,
+    dw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    /// Checks `x` (N, C, H, W) against `weight` ((C_out, C_in, kH, kW), or (C, 1, kH, kW) when `depthwise`).
+    pub(crate) fn new(
+        x: &Tensor,
+        weight: &Tensor,
+        cfg: &Conv2dConfig,
+        depthwise: bool,
+    ) -> Result<Self> {
+        let (n, ci, h, w) = x.dims4()?;
+        let (co, wci, kh, kw) = weight.dims4()?;
+        if depthwise {
+            if wci != 1 || co != ci {
+                candle_core::bail!(
+                    "depthwise_conv2d: weight {:?} does not fit input {:?}",
+                    weight.dims(),
+                    x.dims()
+                )
+            }
+        } else if wci != ci {
+            candle_core::bail!(
+                "conv2d: weight {:?} does not fit input {:?}",
+                weight.dims(),
+                x.dims()
+            )
+        }
+        let (sh, sw) = cfg.stride;
+        let (ph, pw) = cfg.padding;
+        let (dh, dw) = cfg.dilation;
+        if sh == 0 || sw == 0 || dh == 0 || dw == 0 || kh == 0 || kw == 0 {
+            candle_core::bail!(
+                "conv2d: zero stride, dilation or kernel size in {cfg:?}, kernel {kh}x{kw}"
+            )
+        }
+        if h + 2 * ph < dh * (kh - 1) + 1 || w + 2 * pw < dw * (kw - 1) + 1 {
+            candle_core::bail!("conv2d: kernel {kh}x{kw} (dilation {dh}x{dw}) larger than padded input {h}x{w} + {ph}x{pw}")
+        }
+        let (oh, ow) = cfg.output_size((h, w), (kh, kw));
+        Ok(Self {
+            n,
+            ci,
+            h,
+            w,
+            co,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+            oh,
+            ow,
+        })
+    }
+
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// Input row offset of kernel row `ky` (input row = `oy * sh + offset`).
+    fn yoff(&self, ky: usize) -> isize {
+        (ky * self.dh) as isize - self.ph as isize
+    }
+
+    fn xoff(&self, kx: usize) -> isize {
+        (kx * self.dw) as isize - self.pw as isize
+    }
+}
+
+/// Fills `cols` (C_in*kH*kW, OH*OW) from one image `x` (C_in, H, W); parallel over the rows of `cols`.
+fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T]) {
+    let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
+    cols.par_chunks_mut(ohw).enumerate().for_each(|(r, row)| {
+        let (c, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
+        let plane = &x[c * hw..(c + 1) * hw];
+        let (yoff, xoff) = (g.yoff(ky), g.xoff(kx));
+        let ys = valid_range(g.oh, g.h, g.sh, yoff);
+        let xs = valid_range(g.ow, g.w, g.sw, xoff);
+        for oy in 0..g.oh {
+            let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+            if !ys.contains(&oy) {
+                out.fill(T::ZERO);
+                continue;
+            }
+            let iy = (oy as isize * g.sh as isize + yoff) as usize;
+            let inrow = &plane[iy * g.w..(iy + 1) * g.w];
+            out[..xs.start].fill(T::ZERO);
+            out[xs.end..].fill(T::ZERO);
+            if g.sw == 1 {
+                let ix0 = (xs.start as isize + xoff) as usize;
+                out[xs.clone()].copy_from_slice(&inrow[ix0..ix0 + xs.len()]);
+            } else {
+                for ox in xs.clone() {
+                    out[ox] = inrow[(ox as isize * g.sw as isize + xoff) as usize];
+                }
+            }
+        }
+    });
+}
+
+/// Scatters `dcols` (C_in*kH*kW, OH*OW) back into one image gradient `dx` (C_in, H, W); parallel over channels.
+fn col2im<T: Elem>(g: &Geometry, dcols: &[T], dx: &mut [T]) {
+    let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
+    dx.par_chunks_mut(hw).enumerate().for_each(|(c, plane)| {
+        plane.fill(T::ZERO);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &dcols[(c * kk + ky * g.kw + kx) * ohw..][..ohw];
+                let (yoff, xoff) = (g.yoff(ky), g.xoff(kx));
+                let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                    let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                    let inrow = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let grow = &row[oy * g.ow..(oy + 1) * g.ow];
+                    if g.sw == 1 {
+                        let ix0 = (xs.start as isize + xoff) as usize;
+                        for (d, &v) in inrow[ix0..ix0 + xs.len()].iter_mut().zip(&grow[xs.clone()])
+                        {
+                            *d += v;
+                        }
+                    } else {
+                        for ox in xs.clone() {
+                            inrow[(ox as isize * g.sw as isize + xoff) as usize] += grow[ox];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Dense conv forward: (x, weight) -> y.
+pub(crate) struct ConvOp {
+    pub(crate) geom: Geometry,
+}
+
+impl ConvOp {
+    fn run<T: Elem>(&self, x: &[T], w: &[T]) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
+        let mut y = vec![T::ZERO; g.n * g.co * ohw];
+        let mut cols = if g.pointwise() {
+            Vec::new()
+        } else {
+            vec![T::ZERO; k * ohw]
+        };
+        for (b, yb) in y.chunks_mut(g.co * ohw).enumerate() {
+            let xb = &x[b * chw..(b + 1) * chw];
+            let rhs: &[T] = if g.pointwise() {
+                xb
+            } else {
+                im2col(g, xb, &mut cols);
+                &cols
+            };
+            matmul(
+                g.co,
+                ohw,
+                k,
+                yb,
+                false,
+                Mat::rows(w, k),
+                Mat::rows(rhs, ohw),
+            );
+        }
+        Ok((T::wrap(y), Shape::from((g.n, g.co, g.oh, g.ow))))
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "fgvc-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(w, &ConvGradInput { geom: self.geom })?;
+        let dw = x.apply_op2_no_bwd(&dy, &ConvGradWeight { geom: self.geom })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Dense conv input gradient: (dy, weight) -> dx.
+pub(crate) struct ConvGradInput {
+    geom: Geometry,
+}
+
+impl ConvGradInput {
+    fn run<T: Elem>(&self, dy: &[T], w: &[T]) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
+        let mut dx = vec![T::ZERO; g.n * chw];
+        let mut dcols = if g.pointwise() {
+            Vec::new()
+        } else {
+            vec![T::ZERO; k * ohw]
+        };
+        for (b, dxb) in dx.chunks_mut(chw).enumerate() {
+            let dyb = &dy[b * g.co * ohw..(b + 1) * g.co * ohw];
+            if g.pointwise() {
+                matmul(
+                    g.ci,
+                    ohw,
+                    g.co,
+                    dxb,
+                    false,
+                    Mat::transposed(w, k),
+                    Mat::rows(dyb, ohw),
+                );
+            } else {
+                matmul(
+                    k,
+                    ohw,
+                    g.co,
+                    &mut dcols,
+                    false,
+                    Mat::transposed(w, k),
+                    Mat::rows(dyb, ohw),
+                );
+                col2im(g, &dcols, dxb);
+            }
+        }
+        Ok((T::wrap(dx), Shape::from((g.n, g.ci, g.h, g.w))))
+    }
+}
+
+impl CustomOp2 for ConvGradInput {
+    fn name(&self) -> &'static str {
+        "fgvc-conv2d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
+    }
+}
+
+/// Dense conv weight gradient: (x, dy) -> dweight.
+pub(crate) struct ConvGradWeight {
+    geom: Geometry,
+}
+
+impl ConvGradWeight {
+    fn run<T: Elem>(&self, x: &[T], dy: &[T]) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
+        let mut dw = vec![T::ZERO; g.co * k];
+        let mut cols = if g.pointwise() {
+            Vec::new()
+        } else {
+            vec![T::ZERO; k * ohw]
+        };
+        for b in 0..g.n {
+            let xb = &x[b * chw..(b + 1) * chw];
+            let dyb = &dy[b * g.co * ohw..(b + 1) * g.co * ohw];
+            let rhs: &[T] = if g.pointwise() {
+                xb
+            } else {
+                im2col(g, xb, &mut cols);
+                &cols
+            };
+            matmul(
+                g.co,
+                k,
+                ohw,
+                &mut dw,
+                b > 0,
+                Mat::rows(dyb, ohw),
+                Mat::transposed(rhs, ohw),
+            );
+        }
+        Ok((T::wrap(dw), Shape::from((g.co, g.ci, g.kh, g.kw))))
+    }
+}
+
+impl CustomOp2 for ConvGradWeight {
+    fn name(&self) -> &'static str {
+        "fgvc-conv2d-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
+    }
+}
+
+/// Depthwise conv forward: (x, weight (C, 1, kH, kW)) -> y.
+pub(crate) struct DepthwiseOp {
+    pub(crate) geom: Geometry,
+}
+
+impl DepthwiseOp {
+    fn run<T: Elem>(&self, x: &[T], w: &[T]) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
+        let mut y = vec![T::ZERO; g.n * g.ci * ohw];
+        y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
+            let c = p % g.ci;
+            let plane = &x[p * hw..(p + 1) * hw];
+            let wk = &w[c * kk..(c + 1) * kk];
+            for ky in 0..g.kh {
+                let yoff = g.yoff(ky);
+                for kx in 0..g.kw {
+                    let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
+                    let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                    for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                        let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                        let inrow = &plane[iy * g.w..(iy + 1) * g.w];
+                        let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+                        if g.sw == 1 {
+                            let ix0 = (xs.start as isize + xoff) as usize;
+                            for (o, &v) in
+                                orow[xs.clone()].iter_mut().zip(&inrow[ix0..ix0 + xs.len()])
+                            {
+                                *o += wv * v;
+                            }
+                        } else {
+                            for ox in xs.clone() {
+                                orow[ox] +=
+                                    wv * inrow[(ox as isize * g.sw as isize + xoff) as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok((T::wrap(y), Shape::from((g.n, g.ci, g.oh, g.ow))))
+    }
+}
+
+impl CustomOp2 for DepthwiseOp {
+    fn name(&self) -> &'static str {
+        "fgvc-depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(w, &DepthwiseGradInput { geom: self.geom })?;
+        let dw = x.apply_op2_no_bwd(&dy, &DepthwiseGradWeight { geom: self.geom })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Depthwise conv input gradient: (dy, weight) -> dx.
+struct DepthwiseGradInput {
+    geom: Geometry,
+}
+
+impl DepthwiseGradInput {
+    fn run<T: Elem>(&self, dy: &[T], w: &[T]) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
+        let mut dx = vec![T::ZERO; g.n * g.ci * hw];
+        dx.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
+            let c = p % g.ci;
+            let gplane = &dy[p * ohw..(p + 1) * ohw];
+            let wk = &w[c * kk..(c + 1) * kk];
+            for ky in 0..g.kh {
+                let yoff = g.yoff(ky);
+                for kx in 0..g.kw {
+                    let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
+                    let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                    for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                        let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                        let drow = &mut plane[iy * g.w..(iy + 1) * g.w];
+                        let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
+                        if g.sw == 1 {
+                            let ix0 = (xs.start as isize + xoff) as usize;
+                            for (d, &v) in
+                                drow[ix0..ix0 + xs.len()].iter_mut().zip(&grow[xs.clone()])
+                            {
+                                *d += wv * v;
+                            }
+                        } else {
+                            for ox in xs.clone() {
+                                drow[(ox as isize * g.sw as isize + xoff) as usize] +=
+                                    wv * grow[ox];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok((T::wrap(dx), Shape::from((g.n, g.ci, g.h, g.w))))
+    }
+}
+
+impl CustomOp2 for DepthwiseGradInput {
+    fn name(&self) -> &'static str {
+        "fgvc-depthwise-conv2d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
+    }
+}
+
+/// Depthwise conv weight gradient: (x, dy) -> dweight (C, 1, kH, kW).
+struct DepthwiseGradWeight {
+    geom: Geometry,
+}
+
+impl DepthwiseGradWeight {
+    fn run<T: Elem>(&self, x: &[T], dy: &[T]) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
+        let mut dw = vec![T::ZERO; g.ci * kk];
+        dw.par_chunks_mut(kk).enumerate().for_each(|(c, wk)| {
+            let mut acc = vec![0f64; kk];
+            for b in 0..g.n {
+                let p = b * g.ci + c;
+                let plane = &x[p * hw..(p + 1) * hw];
+                let gplane = &dy[p * ohw..(p + 1) * ohw];
+                for ky in 0..g.kh {
+                    let yoff = g.yoff(ky);
+                    for kx in 0..g.kw {
+                        let xoff = g.xoff(kx);
+                        let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                        let mut sum = T::ZERO;
+                        for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                            let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                            let inrow = &plane[iy * g.w..(iy + 1) * g.w];
+                            let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
+                            let mut row = T::ZERO;
+                            if g.sw == 1 {
+                                let ix0 = (xs.start as isize + xoff) as usize;
+                                row = dot(&inrow[ix0..ix0 + xs.len()], &grow[xs.clone()]);
+                            } else {
+                                for ox in xs.clone() {
+                                    row += inrow[(ox as isize * g.sw as isize + xoff) as usize]
+                                        * grow[ox];
+                                }
+                            }
+                            sum += row;
+                        }
+                        acc[ky * g.kw + kx] += sum.to_f64();
+                    }
+                }
+            }
+            for (d, a) in wk.iter_mut().zip(acc) {
+                *d = T::from_f64(a);
+            }
+        });
+        Ok((T::wrap(dw), Shape::from((g.ci, 1, g.kh, g.kw))))
+    }
+}
+
+impl CustomOp2 for DepthwiseGradWeight {
+    fn name(&self) -> &'static str {
+        "fgvc-depthwise-conv2d-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
+    }
+}

@@ -1,0 +1,288 @@
+//! Shared pieces of the CPU kernels: the element trait (f32 and f64), contiguous slices out of candle's
+//! storages, the GEMM wrapper and index-range helpers.
+
+use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+
+/// The element types the CPU kernels support: f32 (training) and f64 (gradient checks).
+pub(crate) trait Elem:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INF: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn slice(s: &CpuStorage) -> Result<&[Self]>;
+    fn wrap(v: Vec<Self>) -> CpuStorage;
+}
+
+macro_rules! elem {
+    ($t:ty, $variant:ident) => {
+        impl Elem for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INF: Self = <$t>::NEG_INFINITY;
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn slice(s: &CpuStorage) -> Result<&[Self]> {
+                match s {
+                    CpuStorage::$variant(v) => Ok(v),
+                    other => candle_core::bail!(
+                        "expected {} storage, got {:?}",
+                        stringify!($t),
+                        other.dtype()
+                    ),
+                }
+            }
+            fn wrap(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(v)
+            }
+        }
+    };
+}
+elem!(f32, F32);
+elem!(f64, F64);
+
+/// Whether the fast CPU kernels handle this tensor (CPU device, f32 or f64).
+pub(crate) fn fast_path(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous elements of a storage described by `l`.
+pub(crate) fn contiguous<'a, T: Elem>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let data = T::slice(s)?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => {
+            candle_core::bail!("fgvc-ops kernel: expected a contiguous input, got layout {l:?}")
+        }
+    }
+}
+
+/// Calls `$body` with `$t` bound to the element type of the storage `$s` (f32 or f64).
+macro_rules! dispatch {
+    ($name:expr, $s:expr, $t:ident => $body:expr) => {
+        match candle_core::backend::BackendStorage::dtype($s) {
+            candle_core::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            candle_core::DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            d => candle_core::bail!(
+                "{}: unsupported dtype {d:?} on the CPU (f32 and f64 only)",
+                $name
+            ),
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// A row-major matrix operand: pointer plus row and column strides in elements.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<T> {
+    pub ptr: *const T,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl<T> Mat<T> {
+    /// A dense row-major `rows x cols` matrix starting at `s`.
+    pub fn rows(s: &[T], cols: usize) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a dense row-major matrix with `cols` columns starting at `s`.
+    pub fn transposed(s: &[T], cols: usize) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
+}
+
+/// `c (m x n, dense row-major) = [c +] a (m x k) * b (k x n)` through the `gemm` crate, on the current rayon pool.
+///
+/// The caller guarantees that `a` and `b` address at least `m x k` and `k x n` elements with their strides and
+/// that `c` holds `m * n` elements.
+pub(crate) fn matmul<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    accumulate: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+) {
+    assert!(c.len() >= m * n, "matmul: destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(T::ZERO);
+        }
+        return;
+    }
+    let flops = m * n * k;
+    let par = if flops < 1 << 16 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    };
+    // SAFETY: the strides describe in-bounds matrices (caller's contract, checked by the callers' shapes) and `c`
+    // is a dense m x n row-major buffer that nothing else aliases while gemm runs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            if accumulate { T::ONE } else { T::ZERO },
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// The outputs `o` in `0..out_len` whose input index `o * stride + offset` falls inside `0..in_len`, as a range.
+pub(crate) fn valid_range(
+    out_len: usize,
+    in_len: usize,
+    stride: usize,
+    offset: isize,
+) -> std::ops::Range<usize> {
+    let s = stride as isize;
+    // smallest o with o*s + offset >= 0
+    let lo = if offset >= 0 {
+        0
+    } else {
+        ((-offset) + s - 1) / s
+    };
+    // largest o with o*s + offset <= in_len - 1, exclusive bound
+    let last = in_len as isize - 1 - offset;
+    let hi = if last < 0 { 0 } else { last / s + 1 };
+    let lo = (lo as usize).min(out_len);
+    let hi = (hi as usize).min(out_len);
+    lo..hi.max(lo)
+}
+
+/// `sum(a[i] * b[i])` with eight independent accumulators, so that it vectorises.
+pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = T::ZERO;
+    for (&x, &y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+}
+
+/// Splits a `(N, C, S)` buffer into chunks worth parallelising over: single planes when they are large,
+/// whole `(C, S)` rows otherwise. Returns the chunk length (a multiple of `s`).
+pub(crate) fn plane_chunk(c: usize, s: usize) -> usize {
+    if s >= 1024 || c == 0 {
+        s.max(1)
+    } else {
+        (c * s).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_range_matches_brute_force() {
+        for out_len in 0..6 {
+            for in_len in 1..7 {
+                for stride in 1..4 {
+                    for offset in -4isize..4 {
+                        let want: Vec<usize> = (0..out_len)
+                            .filter(|&o| {
+                                let i = o as isize * stride as isize + offset;
+                                i >= 0 && i < in_len as isize
+                            })
+                            .collect();
+                        let got: Vec<usize> =
+                            valid_range(out_len, in_len, stride, offset).collect();
+                        assert_eq!(
+                            got, want,
+                            "out {out_len} in {in_len} s {stride} off {offset}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_strided_operands() {
+        // a = [[1,2],[3,4],[5,6]] (3x2), b^T stored as [[1,0,2],[0,1,3]] -> b (3x2)... use a^T b.
+        let a = [1.0f64, 2., 3., 4., 5., 6.]; // 3x2
+        let b = [1.0f64, 0., 2., 0., 1., 3.]; // 2x3
+        let mut c = [0.0f64; 9];
+        matmul(3, 3, 2, &mut c, false, Mat::rows(&a, 2), Mat::rows(&b, 3));
+        assert_eq!(c, [1., 2., 8., 3., 4., 18., 5., 6., 28.]);
+        // c2 (2x2) = a^T a, accumulated onto ones
+        let mut c2 = [1.0f64; 4];
+        matmul(
+            2,
+            2,
+            3,
+            &mut c2,
+            true,
+            Mat::transposed(&a, 2),
+            Mat::rows(&a, 2),
+        );
+        assert_eq!(c2, [36., 45., 45., 57.]);
+    }
+}

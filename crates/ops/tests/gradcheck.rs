@@ -1,0 +1,198 @@
+//! Finite-difference gradient checks in f64 for every op's CPU backward.
+//!
+//! For a loss `sum(f(inputs) * g)` with a fixed random `g`, every element of every input is perturbed by
+//! +-h and the central difference is compared with the gradient from `backward()`.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use fgvc_ops::{
+    adaptive_avg_pool2d, avg_pool2d, batch_norm, conv2d, depthwise_conv2d, elu, global_avg_pool,
+    global_max_pool, max_pool2d, relu6, BatchNormConfig, Conv2dConfig,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn randn(rng: &mut ChaCha8Rng, shape: &[usize], scale: f64, shift: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    // Sum of uniforms is plenty for test data; distinct values avoid max-pool ties.
+    let v: Vec<f64> = (0..n)
+        .map(|_| (rng.random::<f64>() - 0.5) * 3.4 * scale + shift)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Checks the gradients of `sum(f(inputs) * g)` against central differences; returns the worst relative error.
+fn gradcheck(seed: u64, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) -> f64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let y = f(inputs).unwrap();
+    assert_eq!(y.dtype(), DType::F64);
+    let g = randn(&mut rng, y.dims(), 1.0, 0.0);
+    let loss = |xs: &[Tensor]| -> f64 {
+        (f(xs).unwrap() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = (f(&ts).unwrap() * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let h = 1e-6;
+    let mut worst = 0f64;
+    for (i, v) in vars.iter().enumerate() {
+        let analytic: Vec<f64> = grads
+            .get(v)
+            .expect("gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = inputs[i].flatten_all().unwrap().to_vec1().unwrap();
+        for j in 0..base.len() {
+            let at = |d: f64| {
+                let mut p = base.clone();
+                p[j] += d;
+                let mut xs = inputs.to_vec();
+                xs[i] = Tensor::from_vec(p, inputs[i].dims(), &Device::Cpu).unwrap();
+                loss(&xs)
+            };
+            let numeric = (at(h) - at(-h)) / (2. * h);
+            let err = (numeric - analytic[j]).abs() / (1. + numeric.abs());
+            assert!(
+                err < 1e-6,
+                "input {i} element {j}: numeric {numeric} analytic {}",
+                analytic[j]
+            );
+            worst = worst.max(err);
+        }
+    }
+    worst
+}
+
+#[test]
+fn conv2d_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let cases = [
+        // (x shape, w shape, config)
+        ([2, 3, 5, 6], [2, 3, 3, 3], Conv2dConfig::same(1)),
+        ([1, 2, 7, 8], [3, 2, 3, 3], Conv2dConfig::new(2, 1)), // mixed parity under stride 2
+        ([1, 2, 8, 7], [3, 2, 3, 3], Conv2dConfig::new(2, 1)),
+        ([2, 4, 3, 5], [3, 4, 1, 1], Conv2dConfig::default()), // 1x1 as a matrix product
+        ([1, 3, 5, 6], [2, 3, 1, 1], Conv2dConfig::new(2, 0)),
+        (
+            [1, 2, 9, 7],
+            [2, 2, 3, 2],
+            Conv2dConfig {
+                stride: (2, 1),
+                padding: (2, 1),
+                dilation: (2, 1),
+                groups: 1,
+            },
+        ),
+    ];
+    for (k, (xs, ws, cfg)) in cases.into_iter().enumerate() {
+        let x = randn(&mut rng, &xs, 1.0, 0.0);
+        let w = randn(&mut rng, &ws, 0.5, 0.0);
+        let b = randn(&mut rng, &ws[..1], 1.0, 0.0);
+        gradcheck(10 + k as u64, &[x, w, b], |t| {
+            conv2d(&t[0], &t[1], Some(&t[2]), &cfg)
+        });
+    }
+}
+
+#[test]
+fn depthwise_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for (k, (xs, ks, cfg)) in [
+        ([2, 3, 5, 6], 3, Conv2dConfig::same(1)),
+        ([1, 2, 7, 8], 3, Conv2dConfig::new(2, 1)),
+        ([1, 2, 8, 7], 5, Conv2dConfig::new(2, 2)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = randn(&mut rng, &xs, 1.0, 0.0);
+        let w = randn(&mut rng, &[xs[1], 1, ks, ks], 0.5, 0.0);
+        gradcheck(20 + k as u64, &[x, w], |t| {
+            depthwise_conv2d(&t[0], &t[1], None, &cfg)
+        });
+    }
+}
+
+#[test]
+fn pooling_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let x = randn(&mut rng, &[2, 2, 7, 8], 1.0, 0.0);
+    gradcheck(30, std::slice::from_ref(&x), |t| max_pool2d(&t[0], 3, 2, 1));
+    gradcheck(31, std::slice::from_ref(&x), |t| max_pool2d(&t[0], 2, 2, 0));
+    gradcheck(32, std::slice::from_ref(&x), |t| global_max_pool(&t[0]));
+    gradcheck(33, std::slice::from_ref(&x), |t| avg_pool2d(&t[0], 3, 2));
+    gradcheck(34, std::slice::from_ref(&x), |t| {
+        adaptive_avg_pool2d(&t[0], (3, 5))
+    });
+    gradcheck(35, std::slice::from_ref(&x), |t| global_avg_pool(&t[0]));
+}
+
+#[test]
+fn batch_norm_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let cfg = BatchNormConfig::default();
+    let stats = || {
+        (
+            Var::zeros(3, DType::F64, &Device::Cpu).unwrap(),
+            Var::ones(3, DType::F64, &Device::Cpu).unwrap(),
+        )
+    };
+    let x4 = randn(&mut rng, &[3, 3, 2, 3], 2.0, 1.0);
+    let x2 = randn(&mut rng, &[4, 3], 1.0, -2.0);
+    let w = randn(&mut rng, &[3], 0.5, 1.0);
+    let b = randn(&mut rng, &[3], 1.0, 0.0);
+    for train in [true, false] {
+        for x in [&x4, &x2] {
+            let (rm, rv) = stats();
+            gradcheck(40, &[x.clone(), w.clone(), b.clone()], |t| {
+                batch_norm(&t[0], Some(&t[1]), Some(&t[2]), &rm, &rv, train, &cfg)
+            });
+            let (rm, rv) = stats();
+            gradcheck(41, std::slice::from_ref(x), |t| {
+                batch_norm(&t[0], None, None, &rm, &rv, train, &cfg)
+            });
+        }
+    }
+}
+
+#[test]
+fn activation_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    // Keep values away from the kinks at 0 and 6 where the difference quotient is undefined.
+    let x: Vec<f64> = (0..40)
+        .map(|_| {
+            let v = (rng.random::<f64>() - 0.3) * 10.0;
+            if v.abs() < 0.01 || (v - 6.0).abs() < 0.01 {
+                v + 0.05
+            } else {
+                v
+            }
+        })
+        .collect();
+    let x = Tensor::from_vec(x, (4, 10), &Device::Cpu).unwrap();
+    gradcheck(50, std::slice::from_ref(&x), |t| relu6(&t[0]));
+    gradcheck(51, std::slice::from_ref(&x), |t| elu(&t[0], 0.7));
+}
+
+#[test]
+fn gradient_reversal_flips_and_scales() {
+    let x = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
+    let y = fgvc_ops::gradient_reversal(x.as_tensor(), 0.5).unwrap();
+    assert_eq!(y.to_vec1::<f64>().unwrap(), vec![1.0, -2.0, 3.0]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec1::<f64>().unwrap(), vec![-0.5; 3]);
+}
