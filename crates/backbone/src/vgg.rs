@@ -1,0 +1,238 @@
+//! VGG-16 with and without BatchNorm, as torchvision builds them.
+
+use candle_core::{Module, Result, Tensor};
+use fgvc_ops::{
+    adaptive_avg_pool2d, global_avg_pool, max_pool2d, BatchNorm, Conv2d, Conv2dConfig, Init,
+    Linear, Params,
+};
+
+use crate::backbone::{Backbone, StageInfo};
+use crate::dropout::Dropout;
+
+/// torchvision's configuration "D": the conv widths of VGG-16's five blocks.
+const VGG16_BLOCKS: [&[usize]; 5] = [
+    &[64, 64],
+    &[128, 128],
+    &[256, 256, 256],
+    &[512, 512, 512],
+    &[512, 512, 512],
+];
+
+/// The shape of a VGG-16.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VggConfig {
+    /// BatchNorm after every conv (`vgg16_bn`).
+    pub batch_norm: bool,
+    /// Classes of the classifier; `None` builds no classifier at all (no `classifier.*` parameters).
+    pub num_classes: Option<usize>,
+    /// Width of the two hidden classifier layers, 4096 in torchvision. **Extension**: a smaller value keeps
+    /// the layout and names (not the pretrained shapes) at a fraction of the 102 M classifier parameters.
+    pub hidden: usize,
+    /// Dropout probability in the classifier (torchvision's default 0.5).
+    pub dropout: f64,
+}
+
+impl VggConfig {
+    /// torchvision's `vgg16` / `vgg16_bn`.
+    pub fn vgg16(batch_norm: bool, num_classes: Option<usize>) -> Self {
+        Self {
+            batch_norm,
+            num_classes,
+            hidden: 4096,
+            dropout: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ConvUnit {
+    conv: Conv2d,
+    bn: Option<BatchNorm>,
+}
+
+#[derive(Debug)]
+struct Classifier {
+    fc1: Linear,
+    drop1: Dropout,
+    fc2: Linear,
+    drop2: Dropout,
+    fc3: Linear,
+}
+
+/// torchvision's `VGG` (configuration D) with its `state_dict` names: convs `features.N` (N = 0, 2, 5, ...
+/// without BatchNorm; 0, 3, 7, ... with BatchNorm at N+1), classifier `classifier.0`, `classifier.3`,
+/// `classifier.6`.
+///
+/// Stages are the five conv blocks, each tapped after its last ReLU and before its max pool (reductions 1, 2,
+/// 4, 8, 16); stage `k` starts by max-pooling stage `k-1`. The fifth pool (pool5) is part of
+/// [`Backbone::pool`]. PMG's progressive heads on VGG read the last three blocks (`block3..block5`,
+/// conv3_3/conv4_3/conv5_3); DCL's paper reads the last conv layer (`block5`).
+///
+/// [`Backbone::pool`]: with a classifier, pool5, `AdaptiveAvgPool2d(7)` (any input of at least 32x32), flatten,
+/// `classifier.0` + ReLU + dropout, `classifier.3` + ReLU + dropout (4096 features); headless, the global
+/// average of `block5` (512 features). [`Backbone::classify`] is `classifier.6`.
+///
+/// Initialisation follows torchvision: convs kaiming-normal (fan-out) with zero bias, BatchNorm 1/0, linear
+/// layers normal(0, 0.01) with zero bias.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use fgvc_backbone::{Backbone, Vgg, VggConfig};
+/// use fgvc_ops::ParamStore;
+///
+/// let store = ParamStore::new(0, DType::F32, &Device::Cpu);
+/// let net = Vgg::new(VggConfig { hidden: 16, ..VggConfig::vgg16(true, Some(3)) }, &store.root())?;
+/// assert_eq!(net.stage_strides(), vec![1, 2, 4, 8, 16]);
+/// assert!(store.names().contains(&"features.41.running_var".to_string()));
+/// assert!(store.names().contains(&"classifier.6.weight".to_string()));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Vgg {
+    cfg: VggConfig,
+    blocks: Vec<Vec<ConvUnit>>,
+    classifier: Option<Classifier>,
+    stages: Vec<StageInfo>,
+}
+
+impl Vgg {
+    /// Builds the network described by `cfg` under `p`.
+    pub fn new(cfg: VggConfig, p: &Params) -> Result<Self> {
+        let fp = p.pp("features");
+        let mut idx = 0;
+        let mut in_c = 3;
+        let mut blocks = Vec::with_capacity(5);
+        let mut stages = Vec::with_capacity(5);
+        for (bi, widths) in VGG16_BLOCKS.iter().enumerate() {
+            let mut units = Vec::with_capacity(widths.len());
+            for &out_c in widths.iter() {
+                let cp = fp.pp(idx);
+                // torchvision zeroes conv biases; creating the bias first makes Conv2d pick it up.
+                cp.get(out_c, "bias", Init::Const(0.))?;
+                let conv = Conv2d::with_init(
+                    in_c,
+                    out_c,
+                    3,
+                    Conv2dConfig::same(1),
+                    true,
+                    Init::KaimingNormal { fan_out: true },
+                    &cp,
+                )?;
+                let bn = if cfg.batch_norm {
+                    Some(BatchNorm::new(out_c, &fp.pp(idx + 1))?)
+                } else {
+                    None
+                };
+                idx += if cfg.batch_norm { 3 } else { 2 };
+                units.push(ConvUnit { conv, bn });
+                in_c = out_c;
+            }
+            stages.push(StageInfo {
+                name: format!("block{}", bi + 1),
+                module: format!("features.{}", idx - 1),
+                channels: in_c,
+                reduction: 1 << bi,
+            });
+            blocks.push(units);
+            idx += 1; // the max pool
+        }
+        let classifier = match cfg.num_classes {
+            Some(classes) => {
+                let cp = p.pp("classifier");
+                let lin = |i: usize, fin: usize, fout: usize| {
+                    Linear::with_init(
+                        fin,
+                        fout,
+                        true,
+                        Init::Normal {
+                            mean: 0.,
+                            std: 0.01,
+                        },
+                        Init::Const(0.),
+                        &cp.pp(i),
+                    )
+                };
+                Some(Classifier {
+                    fc1: lin(0, in_c * 49, cfg.hidden)?,
+                    drop1: Dropout::new(cfg.dropout, &cp.pp(2)),
+                    fc2: lin(3, cfg.hidden, cfg.hidden)?,
+                    drop2: Dropout::new(cfg.dropout, &cp.pp(5)),
+                    fc3: lin(6, cfg.hidden, classes)?,
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            blocks,
+            classifier,
+            stages,
+        })
+    }
+
+    /// torchvision's `vgg16` (`batch_norm = false`) or `vgg16_bn` with an optional classifier.
+    pub fn vgg16(batch_norm: bool, num_classes: Option<usize>, p: &Params) -> Result<Self> {
+        Self::new(VggConfig::vgg16(batch_norm, num_classes), p)
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &VggConfig {
+        &self.cfg
+    }
+}
+
+impl Backbone for Vgg {
+    fn stage_info(&self) -> &[StageInfo] {
+        &self.stages
+    }
+
+    fn forward_stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let mut out: Vec<Tensor> = Vec::with_capacity(5);
+        for units in &self.blocks {
+            let mut y = match out.last() {
+                Some(prev) => max_pool2d(prev, 2, 2, 0)?,
+                None => x.clone(),
+            };
+            for u in units {
+                y = u.conv.forward(&y)?;
+                if let Some(bn) = &u.bn {
+                    y = bn.forward_t(&y, train)?;
+                }
+                y = y.relu()?;
+            }
+            out.push(y);
+        }
+        Ok(out)
+    }
+
+    fn pool(&self, last_stage: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.classifier {
+            None => global_avg_pool(last_stage),
+            Some(c) => {
+                let y = adaptive_avg_pool2d(&max_pool2d(last_stage, 2, 2, 0)?, (7, 7))?
+                    .flatten_from(1)?;
+                let y = c.drop1.forward_t(&c.fc1.forward(&y)?.relu()?, train)?;
+                c.drop2.forward_t(&c.fc2.forward(&y)?.relu()?, train)
+            }
+        }
+    }
+
+    fn classify(&self, pooled: &Tensor, _train: bool) -> Result<Option<Tensor>> {
+        self.classifier
+            .as_ref()
+            .map(|c| c.fc3.forward(pooled))
+            .transpose()
+    }
+
+    fn num_features(&self) -> usize {
+        if self.classifier.is_some() {
+            self.cfg.hidden
+        } else {
+            512
+        }
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        self.cfg.num_classes
+    }
+}
