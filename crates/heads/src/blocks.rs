@@ -1,0 +1,264 @@
+//! Building blocks shared by the heads: the official `BasicConv`, the two-conv stage block, the
+//! BN-Linear-BN-ELU-Linear classifier and a seeded dropout.
+
+use std::sync::Mutex;
+
+use candle_core::{Module, Result, Tensor};
+use fgvc_ops::{global_max_pool, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Params};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The BatchNorm of PMG's and RMG-PMSI's `BasicConv`/`Conv`: eps 1e-5, **momentum 0.01**, affine.
+pub const STAGE_BN: BatchNormConfig = BatchNormConfig {
+    eps: 1e-5,
+    momentum: 0.01,
+    affine: true,
+};
+
+/// The official `BasicConv(in, out, k, padding)`: `Conv2d(bias=False)` -> `BatchNorm2d` -> optional ReLU,
+/// with torch's names `conv.weight`, `bn.weight`, `bn.bias`, `bn.running_mean`, `bn.running_var`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use fgvc_heads::blocks::{BasicConv, STAGE_BN};
+/// use fgvc_ops::ParamStore;
+///
+/// let store = ParamStore::new(0, DType::F32, &Device::Cpu);
+/// let conv = BasicConv::new(4, 6, 3, 1, STAGE_BN, true, &store.root().pp("block"))?;
+/// let y = conv.forward_t(&Tensor::ones((2, 4, 5, 7), DType::F32, &Device::Cpu)?, true)?;
+/// assert_eq!(y.dims(), &[2, 6, 5, 7]);
+/// assert!(store.get("block.conv.weight").is_some());
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BasicConv {
+    conv: Conv2d,
+    bn: BatchNorm,
+    relu: bool,
+}
+
+impl BasicConv {
+    /// A `k` x `k`, stride-1 conv with `padding` on each side, PyTorch's default init (kaiming-uniform,
+    /// a = sqrt 5), no bias, then BatchNorm with `bn` and (if `relu`) a ReLU.
+    pub fn new(
+        in_c: usize,
+        out_c: usize,
+        k: usize,
+        padding: usize,
+        bn: BatchNormConfig,
+        relu: bool,
+        p: &Params,
+    ) -> Result<Self> {
+        Self::with_conv_init(
+            in_c,
+            out_c,
+            k,
+            padding,
+            bn,
+            relu,
+            fgvc_ops::Init::TORCH_DEFAULT,
+            p,
+        )
+    }
+
+    /// As [`BasicConv::new`] with an explicit initialiser for the conv weight (Coarse2Fine's attention
+    /// starts orthogonal).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_conv_init(
+        in_c: usize,
+        out_c: usize,
+        k: usize,
+        padding: usize,
+        bn: BatchNormConfig,
+        relu: bool,
+        init: fgvc_ops::Init,
+        p: &Params,
+    ) -> Result<Self> {
+        let conv = Conv2d::with_init(
+            in_c,
+            out_c,
+            k,
+            Conv2dConfig::same(padding),
+            false,
+            init,
+            &p.pp("conv"),
+        )?;
+        let bn = BatchNorm::with_config(out_c, bn, &p.pp("bn"))?;
+        Ok(Self { conv, bn, relu })
+    }
+
+    /// Conv, BatchNorm (batch statistics and a running-statistics update when `train`), ReLU.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
+        if self.relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// The convolution.
+    pub fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+
+    /// The BatchNorm.
+    pub fn bn(&self) -> &BatchNorm {
+        &self.bn
+    }
+}
+
+/// PMG's `conv_block` / RMG-PMSI's `smooth_conv`: `BasicConv(C_in -> feature, 1x1)` then
+/// `BasicConv(feature -> out, 3x3, pad 1)`, both with BN momentum 0.01 and ReLU, named `0.*` and `1.*`.
+#[derive(Debug, Clone)]
+pub struct StageBlock {
+    reduce: BasicConv,
+    expand: BasicConv,
+}
+
+impl StageBlock {
+    /// The block for a stage of `in_c` channels: 1x1 to `feature`, then 3x3 to `out_c`.
+    pub fn new(in_c: usize, feature: usize, out_c: usize, p: &Params) -> Result<Self> {
+        let reduce = BasicConv::new(in_c, feature, 1, 0, STAGE_BN, true, &p.pp(0))?;
+        let expand = BasicConv::new(feature, out_c, 3, 1, STAGE_BN, true, &p.pp(1))?;
+        Ok(Self { reduce, expand })
+    }
+
+    /// (N, C_in, H, W) -> (N, out_c, H, W).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.expand
+            .forward_t(&self.reduce.forward_t(x, train)?, train)
+    }
+
+    /// The block followed by a global max pool over any spatial size: (N, C_in, H, W) -> (N, out_c).
+    /// The official PMG code hard-codes `MaxPool2d(56/28/14)`, which is this at 448 input only.
+    pub fn forward_pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        global_max_pool(&self.forward_t(x, train)?)
+    }
+
+    /// The 1x1 and 3x3 `BasicConv`s.
+    pub fn convs(&self) -> [&BasicConv; 2] {
+        [&self.reduce, &self.expand]
+    }
+}
+
+/// The classifiers of PMG and RMG-PMSI: `BatchNorm1d(in)` -> `Linear(in -> hidden)` ->
+/// `BatchNorm1d(hidden)` -> `ELU(1)` -> `Linear(hidden -> classes)`, named as the official
+/// `nn.Sequential` (`0`, `1`, `2`, `4`; index 3 is the ELU). BatchNorm1d uses torch's defaults.
+#[derive(Debug, Clone)]
+pub struct EluClassifier {
+    bn_in: BatchNorm,
+    fc1: Linear,
+    bn_hidden: BatchNorm,
+    fc2: Linear,
+}
+
+impl EluClassifier {
+    /// A classifier of `in_f` features through `hidden` units to `classes` logits.
+    pub fn new(in_f: usize, hidden: usize, classes: usize, p: &Params) -> Result<Self> {
+        Ok(Self {
+            bn_in: BatchNorm::new(in_f, &p.pp(0))?,
+            fc1: Linear::new(in_f, hidden, true, &p.pp(1))?,
+            bn_hidden: BatchNorm::new(hidden, &p.pp(2))?,
+            fc2: Linear::new(hidden, classes, true, &p.pp(4))?,
+        })
+    }
+
+    /// (N, in) -> (N, classes) logits.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.fc1.forward(&self.bn_in.forward_t(x, train)?)?;
+        let x = self.bn_hidden.forward_t(&x, train)?.elu(1.0)?;
+        self.fc2.forward(&x)
+    }
+
+    /// The two BatchNorm1d layers (input and hidden).
+    pub fn batch_norms(&self) -> [&BatchNorm; 2] {
+        [&self.bn_in, &self.bn_hidden]
+    }
+}
+
+/// FNV-1a over the name, mixed with the seed: a stable stream key.
+fn stream_key(seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5eed_d20b;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Inverted dropout (`nn.Dropout(p)`) whose masks come from a ChaCha stream keyed by the parameter store's
+/// seed and the layer's name, because candle's CPU RNG cannot be seeded. Each training call draws a fresh
+/// mask from the stream, so a model rebuilt with the same seed reproduces the same sequence of masks; eval
+/// calls are the identity and do not advance the stream.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use fgvc_heads::blocks::Dropout;
+/// use fgvc_ops::ParamStore;
+///
+/// let store = ParamStore::new(3, DType::F32, &Device::Cpu);
+/// let drop = Dropout::new(0.5, &store.root().pp("drop"))?;
+/// let x = Tensor::ones((2, 8), DType::F32, &Device::Cpu)?;
+/// assert_eq!(drop.forward_t(&x, false)?.to_vec2::<f32>()?, x.to_vec2::<f32>()?);
+/// let y = drop.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
+/// assert!(y.iter().all(|&v| v == 0.0 || v == 2.0));
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Dropout {
+    p: f64,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl Dropout {
+    /// Drop probability `p` in `[0, 1)`; the stream is keyed by `(store seed, p's prefix)`.
+    pub fn new(p: f64, params: &Params) -> Result<Self> {
+        Self::with_seed(p, stream_key(params.store().seed(), params.prefix()))
+    }
+
+    /// Drop probability `p` with an explicit stream seed.
+    pub fn with_seed(p: f64, seed: u64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            candle_core::bail!("dropout probability must be in [0, 1), got {p}")
+        }
+        Ok(Self {
+            p,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        })
+    }
+
+    /// The drop probability.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    /// In training, zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`; in
+    /// eval, returns `x` unchanged.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let scale = (1.0 / keep) as f32;
+        let mask: Vec<f32> = {
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
+            (0..x.elem_count())
+                .map(|_| {
+                    if rng.random::<f64>() < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?
+            .to_dtype(x.dtype())?
+            .to_device(x.device())?;
+        x.mul(&mask)
+    }
+}
