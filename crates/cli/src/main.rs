@@ -1,10 +1,12 @@
 //! `fgvc`: the command line of the fgvc toolkit.
 //!
-//! Today it renders previews of the destructions the methods train on and verifies datasets; `train`,
-//! `eval` and `predict` arrive with the training engine.
+//! `fgvc train` trains a method (by default the embedded synthetic baseline, on the CPU in minutes),
+//! `fgvc eval` evaluates a run or checkpoint, `fgvc predict` classifies images; `fgvc augment preview` renders
+//! the destructions the methods train on and `fgvc data verify` checks a downloaded dataset.
 
 mod data;
 mod preview;
+mod train;
 
 use std::path::PathBuf;
 
@@ -24,6 +26,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a method; with no --config, the baseline on the embedded synthetic dataset.
+    Train(train::TrainArgs),
+    /// Evaluate a run (--run DIR) or a checkpoint (--checkpoint FILE --config FILE) on a split.
+    Eval(train::EvalArgs),
+    /// Classify images with a trained checkpoint.
+    Predict(train::PredictArgs),
     /// Image destructions and transforms.
     Augment {
         #[command(subcommand)]
@@ -75,8 +83,13 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Command::Train(args) => train::train(&args),
+        Command::Eval(args) => train::eval(&args),
+        Command::Predict(args) => train::predict(&args),
         Command::Augment {
             command: AugmentCommand::Preview(args),
         } => preview::run(&args),

@@ -1,0 +1,406 @@
+//! `fgvc train`, `fgvc eval` and `fgvc predict`: the training engine on the command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use fgvc_data::{decode_image, Split};
+use fgvc_train::checkpoint;
+use fgvc_train::data::{eval_loader, open_split};
+use fgvc_train::eval::evaluate;
+use fgvc_train::recipe::build_method;
+use fgvc_train::{Config, Method, TrainOptions, Trainer};
+use rand::SeedableRng;
+
+/// The configuration `fgvc train` uses when no `--config` is given: the synthetic baseline.
+pub const EMBEDDED_CONFIG: &str = include_str!("../../../configs/synthetic-baseline.toml");
+const EMBEDDED_NAME: &str = "the embedded default config (configs/synthetic-baseline.toml)";
+
+/// Where tensors live.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// The CPU (always available).
+    Cpu,
+    /// The first CUDA GPU (needs the `cuda` feature).
+    Cuda,
+    /// The Apple GPU (needs the `metal` feature).
+    Metal,
+}
+
+fn device(arg: DeviceArg) -> Result<Device> {
+    Ok(match arg {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda => Device::new_cuda(0).context(
+            "--device cuda: build with `--features cuda` and check that a CUDA GPU is visible",
+        )?,
+        DeviceArg::Metal => Device::new_metal(0)
+            .context("--device metal: build with `--features metal` on macOS")?,
+    })
+}
+
+/// Arguments of `fgvc train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run configuration (TOML); without it, the embedded synthetic baseline.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a configuration key, e.g. `--set train.epochs=2 --set optim.lr=0.05` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the run in `--out` from its last checkpoint, exactly where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Device to train on.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Run directory (default: runs/<config name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Never draw progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn load_config(path: Option<&Path>, set: &[String]) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p, set)?,
+        None => Config::parse(EMBEDDED_CONFIG, EMBEDDED_NAME, set)?,
+    })
+}
+
+/// Pins the CPU thread count when the configuration asks for it (bit-exact resumes across machines).
+fn pin_threads(config: &Config) {
+    let n = config.train.threads;
+    if n > 0 {
+        // candle's GEMM reads RAYON_NUM_THREADS; the ops and the global pool use rayon's global pool.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
+/// Trains as `args` says and prints the result.
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let config = load_config(args.config.as_deref(), &args.set)?;
+    pin_threads(&config);
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stem = args
+            .config
+            .as_deref()
+            .and_then(|p| p.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "synthetic-baseline".into());
+        PathBuf::from("runs").join(stem)
+    });
+    if !args.resume && out.join("checkpoint-last.safetensors").exists() {
+        tracing::warn!(
+            "{} holds an earlier run; starting over (pass --resume to continue it instead)",
+            out.display()
+        );
+        for f in [
+            "checkpoint-last.safetensors",
+            "best.safetensors",
+            "eval-test.json",
+        ] {
+            let _ = std::fs::remove_file(out.join(f));
+        }
+    }
+    let device = device(args.device)?;
+    let options = TrainOptions {
+        resume: args.resume,
+        progress: !args.no_progress,
+        stop_after_steps: None,
+    };
+    let mut trainer = Trainer::new(config, &out, &device, options)?;
+    let summary = trainer.run()?;
+    println!(
+        "trained {} steps in {:.1} s; run directory {}",
+        summary.steps,
+        summary.seconds,
+        summary.run_dir.display()
+    );
+    if let Some(best) = &summary.best {
+        println!(
+            "selected epoch {} ({} top-1 {:.2}%)",
+            best.epoch + 1,
+            best.split,
+            100.0 * best.score
+        );
+    }
+    if let Some(test) = &summary.test {
+        println!("test evaluation, weights selected by {}:", summary.protocol);
+        print!("{test}");
+        println!("test accuracy: {:.2}%", 100.0 * test.main().top1);
+    }
+    Ok(())
+}
+
+/// Arguments of `fgvc eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A run directory: its config.toml and best.safetensors (or checkpoint-last with `--last`).
+    #[arg(long, conflicts_with_all = ["checkpoint", "config"])]
+    pub run: Option<PathBuf>,
+    /// A checkpoint file (with `--config`).
+    #[arg(long, requires = "config")]
+    pub checkpoint: Option<PathBuf>,
+    /// The configuration the checkpoint was trained with.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// With `--run`: evaluate the last checkpoint instead of the selected one.
+    #[arg(long)]
+    pub last: bool,
+    /// Split to evaluate: test or val.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Also write the full report (per-class accuracy, confusion matrices) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+}
+
+/// A method with the weights of a checkpoint, and its configuration.
+fn restore(
+    config: &Path,
+    checkpoint_path: &Path,
+    device: &Device,
+) -> Result<(Config, Box<dyn Method>)> {
+    let config = Config::load(config, &[])?;
+    pin_threads(&config);
+    let classes = open_split(&config, Split::Train)
+        .map(|d| d.num_classes())
+        .or_else(|_| open_split(&config, Split::Test).map(|d| d.num_classes()))?;
+    let method = build_method(&config, classes, device)?;
+    let ckpt = checkpoint::load(checkpoint_path, device)?;
+    checkpoint::apply_weights(method.store(), &ckpt.weights, true)
+        .with_context(|| format!("loading {}", checkpoint_path.display()))?;
+    Ok((config, method))
+}
+
+fn run_files(run: &Path, last: bool) -> (PathBuf, PathBuf) {
+    let ckpt = if last || !run.join("best.safetensors").exists() {
+        run.join("checkpoint-last.safetensors")
+    } else {
+        run.join("best.safetensors")
+    };
+    (run.join("config.toml"), ckpt)
+}
+
+/// Evaluates a checkpoint on a split and prints every named prediction's accuracy.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let (config_path, ckpt) = match (&args.run, &args.checkpoint, &args.config) {
+        (Some(run), _, _) => run_files(run, args.last),
+        (None, Some(c), Some(cfg)) => (cfg.clone(), c.clone()),
+        _ => bail!("give --run DIR, or --checkpoint FILE with --config FILE"),
+    };
+    let split: Split = args.split.parse()?;
+    let device = device(args.device)?;
+    let (config, method) = restore(&config_path, &ckpt, &device)?;
+    let dataset = open_split(&config, split)?;
+    let loader = eval_loader(&config, dataset, &device)?;
+    let report = evaluate(&*method, &loader, split.as_str())?;
+    println!("{} on {}", ckpt.display(), loader.dataset().name());
+    print!("{report}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.to_json())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Output format of `fgvc predict`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// `image,rank,class,name,probability`.
+    Csv,
+    /// One JSON document.
+    Json,
+}
+
+/// Arguments of `fgvc predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Images, or directories searched recursively for .jpg/.jpeg/.png.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// A checkpoint file; its run directory's config.toml is used unless `--config` is given.
+    #[arg(long, conflicts_with = "run")]
+    pub checkpoint: Option<PathBuf>,
+    /// A run directory (its best.safetensors and config.toml).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// The configuration the checkpoint was trained with.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    pub topk: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+}
+
+fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+            {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    if out.is_empty() {
+        bail!("no .jpg/.jpeg/.png image found in {paths:?}");
+    }
+    Ok(out)
+}
+
+/// One ranked class of one image.
+#[derive(serde::Serialize)]
+struct Ranked {
+    rank: usize,
+    class: usize,
+    name: String,
+    probability: f32,
+}
+
+/// Predicts the classes of images with a trained checkpoint.
+pub fn predict(args: &PredictArgs) -> Result<()> {
+    let (config_path, ckpt) = match (&args.run, &args.checkpoint) {
+        (Some(run), _) => {
+            let (cfg, ckpt) = run_files(run, false);
+            (args.config.clone().unwrap_or(cfg), ckpt)
+        }
+        (None, Some(c)) => {
+            let cfg = match &args.config {
+                Some(cfg) => cfg.clone(),
+                None => c.parent().unwrap_or(Path::new(".")).join("config.toml"),
+            };
+            (cfg, c.clone())
+        }
+        (None, None) => bail!("give --checkpoint FILE (with --config FILE unless it is in a run directory) or --run DIR"),
+    };
+    if !config_path.exists() {
+        bail!(
+            "{} not found: pass --config with the checkpoint's configuration",
+            config_path.display()
+        );
+    }
+    let device = device(args.device)?;
+    let (config, method) = restore(&config_path, &ckpt, &device)?;
+    let class_names: Vec<String> = open_split(&config, Split::Train)
+        .map(|d| d.class_names().to_vec())
+        .unwrap_or_default();
+    let (_, pipeline) = config.data.pipelines()?;
+    let images = collect_images(&args.images)?;
+    let mut results: Vec<(PathBuf, Vec<Ranked>)> = Vec::new();
+    // The evaluation pipeline is deterministic; the generator is only there to satisfy the interface.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    for chunk in images.chunks(
+        config
+            .data
+            .eval_batch_size
+            .unwrap_or(config.data.batch_size)
+            .max(1),
+    ) {
+        let mut data = Vec::new();
+        let mut shape = (0, 0);
+        for path in chunk {
+            let img = decode_image(path, "predict")?;
+            let transformed = pipeline.apply(img, &mut rng)?;
+            shape = (transformed.height() as usize, transformed.width() as usize);
+            data.extend(pipeline.normalize.to_chw(&transformed));
+        }
+        let x = Tensor::from_vec(data, (chunk.len(), 3, shape.0, shape.1), &device)?;
+        let preds = method.predict(&x)?;
+        let (_, logits) = preds.main()?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(candle_core::DType::F32)?)?
+            .to_vec2::<f32>()?;
+        for (path, row) in chunk.iter().zip(probs) {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let ranked = order
+                .into_iter()
+                .take(args.topk.max(1))
+                .enumerate()
+                .map(|(rank, class)| Ranked {
+                    rank: rank + 1,
+                    class,
+                    name: class_names
+                        .get(class)
+                        .cloned()
+                        .unwrap_or_else(|| format!("class {class}")),
+                    probability: row[class],
+                })
+                .collect();
+            results.push((path.clone(), ranked));
+        }
+    }
+    match args.format {
+        Format::Table => {
+            for (path, ranked) in &results {
+                println!("{}", path.display());
+                for r in ranked {
+                    println!(
+                        "  {:>2}. {:>6.2}%  [{}] {}",
+                        r.rank,
+                        100.0 * r.probability,
+                        r.class,
+                        r.name
+                    );
+                }
+            }
+        }
+        Format::Csv => {
+            println!("image,rank,class,name,probability");
+            for (path, ranked) in &results {
+                for r in ranked {
+                    println!(
+                        "{},{},{},\"{}\",{}",
+                        path.display(),
+                        r.rank,
+                        r.class,
+                        r.name.replace('"', "\"\""),
+                        r.probability
+                    );
+                }
+            }
+        }
+        Format::Json => {
+            let doc: Vec<serde_json::Value> = results
+                .iter()
+                .map(|(p, r)| serde_json::json!({ "image": p.display().to_string(), "top": r }))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Evaluation: top-1, top-5, per-class and mean per-class accuracy and the confusion matrix of every named
+//! prediction a method makes.
+
+use std::fmt;
+
+use fgvc_data::Loader;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::method::Method;
+
+/// Accuracy figures of one named prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadReport {
+    /// The prediction's name (`logits`, PMG's `concat`, `combined`).
+    pub name: String,
+    /// Top-1 accuracy in [0, 1].
+    pub top1: f64,
+    /// Top-5 accuracy in [0, 1] (top-`classes` when there are fewer than 5 classes).
+    pub top5: f64,
+    /// Accuracy of each class (NaN-free: a class without images gets 0 and is left out of the mean).
+    pub per_class: Vec<f64>,
+    /// Mean over the classes that have images.
+    pub mean_per_class: f64,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// The evaluation of one split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The split's name (`val`, `test`).
+    pub split: String,
+    /// Images evaluated.
+    pub count: usize,
+    /// Class names, in label order.
+    pub class_names: Vec<String>,
+    /// Every named prediction, the method's main one first.
+    pub heads: Vec<HeadReport>,
+}
+
+impl EvalReport {
+    /// The main prediction's figures.
+    pub fn main(&self) -> &HeadReport {
+        &self.heads[0]
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("reports serialise")
+    }
+}
+
+impl fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} split, {} images, {} classes",
+            self.split,
+            self.count,
+            self.class_names.len()
+        )?;
+        writeln!(
+            f,
+            "{:<12} {:>8} {:>8} {:>15}",
+            "prediction", "top-1", "top-5", "mean per class"
+        )?;
+        for h in &self.heads {
+            writeln!(
+                f,
+                "{:<12} {:>7.2}% {:>7.2}% {:>14.2}%",
+                h.name,
+                100.0 * h.top1,
+                100.0 * h.top5,
+                100.0 * h.mean_per_class
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Accumulates predictions into the figures of a [`HeadReport`].
+#[derive(Debug, Clone)]
+pub struct HeadAccumulator {
+    name: String,
+    classes: usize,
+    top1: u64,
+    top5: u64,
+    count: u64,
+    confusion: Vec<Vec<u64>>,
+}
+
+impl HeadAccumulator {
+    /// An empty accumulator for `classes` classes.
+    pub fn new(name: impl Into<String>, classes: usize) -> Self {
+        HeadAccumulator {
+            name: name.into(),
+            classes,
+            top1: 0,
+            top5: 0,
+            count: 0,
+            confusion: vec![vec![0; classes]; classes],
+        }
+    }
+
+    /// Adds one image's scores (`classes` values) with its label.
+    pub fn add(&mut self, scores: &[f32], label: usize) -> Result<()> {
+        if scores.len() != self.classes || label >= self.classes {
+            return Err(TrainError::Msg(format!(
+                "prediction {:?} has {} scores for {} classes (label {label})",
+                self.name,
+                scores.len(),
+                self.classes
+            )));
+        }
+        // Rank of the true class: how many classes score strictly higher (ties count in its favour, as
+        // torch.topk's stable order would for the lower index only approximately).
+        let target = scores[label];
+        let higher = scores.iter().filter(|&&s| s > target).count();
+        let pred = scores
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &s)| {
+                if s > best.1 {
+                    (i, s)
+                } else {
+                    best
+                }
+            })
+            .0;
+        self.count += 1;
+        if pred == label {
+            self.top1 += 1;
+        }
+        if higher < 5 {
+            self.top5 += 1;
+        }
+        self.confusion[label][pred] += 1;
+        Ok(())
+    }
+
+    /// The figures so far.
+    pub fn report(&self) -> HeadReport {
+        let n = self.count.max(1) as f64;
+        let per_class: Vec<f64> = (0..self.classes)
+            .map(|c| {
+                let total: u64 = self.confusion[c].iter().sum();
+                if total == 0 {
+                    0.0
+                } else {
+                    self.confusion[c][c] as f64 / total as f64
+                }
+            })
+            .collect();
+        let present: Vec<f64> = (0..self.classes)
+            .filter(|&c| self.confusion[c].iter().sum::<u64>() > 0)
+            .map(|c| per_class[c])
+            .collect();
+        HeadReport {
+            name: self.name.clone(),
+            top1: self.top1 as f64 / n,
+            top5: self.top5 as f64 / n,
+            mean_per_class: if present.is_empty() {
+                0.0
+            } else {
+                present.iter().sum::<f64>() / present.len() as f64
+            },
+            per_class,
+            confusion: self.confusion.clone(),
+        }
+    }
+}
+
+/// Evaluates `method` on every batch of `loader` (which should not shuffle or drop), epoch `0`'s
+/// deterministic order.
+pub fn evaluate(method: &dyn Method, loader: &Loader, split: &str) -> Result<EvalReport> {
+    let class_names = loader.dataset().class_names().to_vec();
+    let classes = class_names.len();
+    let mut heads: Vec<HeadAccumulator> = Vec::new();
+    let mut count = 0;
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let preds = method.predict(&batch.images)?;
+        let labels = batch.labels.to_vec1::<u32>()?;
+        if heads.is_empty() {
+            heads = preds
+                .heads
+                .iter()
+                .map(|(n, _)| HeadAccumulator::new(n.clone(), classes))
+                .collect();
+        }
+        for (acc, (_, logits)) in heads.iter_mut().zip(&preds.heads) {
+            let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+            for (row, &l) in rows.iter().zip(&labels) {
+                acc.add(row, l as usize)?;
+            }
+        }
+        count += labels.len();
+    }
+    if count == 0 {
+        return Err(TrainError::Msg(format!("the {split} split is empty")));
+    }
+    Ok(EvalReport {
+        split: split.into(),
+        count,
+        class_names,
+        heads: heads.iter().map(HeadAccumulator::report).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_from_known_predictions() {
+        let mut acc = HeadAccumulator::new("logits", 6);
+        // label 0 predicted 0; label 1 predicted 2 (true class second); label 1 predicted 1;
+        // label 2 ranked last.
+        acc.add(&[9., 1., 0., 0., 0., 0.], 0).unwrap();
+        acc.add(&[0., 5., 6., 0., 0., 0.], 1).unwrap();
+        acc.add(&[0., 6., 5., 0., 0., 0.], 1).unwrap();
+        acc.add(&[6., 5., -1., 4., 3., 2.], 2).unwrap();
+        let r = acc.report();
+        assert_eq!(r.top1, 0.5);
+        assert_eq!(r.top5, 0.75);
+        assert_eq!(r.per_class[..3], [1.0, 0.5, 0.0]);
+        assert!((r.mean_per_class - 0.5).abs() < 1e-12);
+        assert_eq!(r.confusion[1], vec![0, 1, 1, 0, 0, 0]);
+        assert_eq!(r.confusion[2][0], 1);
+        assert!(acc.add(&[0.0; 5], 0).is_err());
+    }
+}

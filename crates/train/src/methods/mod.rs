@@ -1,0 +1,237 @@
+//! The fine-grained recipes: [`pmg`] (PMG), [`dcl`] (DCL), [`rmg_pmsi`] (RMG-PMSI) and [`coarse2fine`]
+//! (Coarse2Fine), each a [`Method`](crate::Method) built from a run configuration by
+//! [`crate::recipe::build_method`].
+//!
+//! Every recipe follows its official code by default (batch layout, loss weights, optimiser groups,
+//! `zero_grad` semantics) and exposes the paper's variant as a named option where the two differ. The
+//! options live in `[method.options]` and are checked strictly: an unknown key is an error.
+//!
+//! Shared conventions:
+//!
+//! * The backbone is headless and its parameters keep torchvision's names; every new layer lives under
+//!   [`HEAD_PREFIX`] (`heads.`).
+//! * Multi-stage heads (PMG, RMG-PMSI) read the three deepest stages of
+//!   [`Backbone::stage_info`]: ResNet `layer2`..`layer4`, VGG-16
+//!   `block3`..`block5` (conv3_3, conv4_3, conv5_3 after their ReLU, before the pool), MobileNetV2
+//!   `features[4:7]`, `features[7:14]`, `features[14:]` (RMG-PMSI's x3, x4, x5). Single-map heads (DCL,
+//!   Coarse2Fine) read the deepest stage.
+//! * The new layers train at `head_lr_mult` (official: 10) times `optim.lr`, which is the backbone's rate
+//!   ([`backbone_and_head_groups`]).
+//! * The MobileNetV2 shape comes from the method options `width_mult` and `first_stride`, since
+//!   `[model]` has no such fields ([`build_backbone`]).
+
+pub mod coarse2fine;
+pub mod dcl;
+pub mod pmg;
+pub mod rmg_pmsi;
+
+use candle_core::{DType, Tensor, D};
+use fgvc_backbone::{Backbone, BackboneKind, MobileNetV2, MobileNetV2Config};
+use fgvc_ops::{ParamStore, Params};
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::error::{Result, TrainError};
+use crate::model::ModelConfig;
+use crate::optim::GroupSpec;
+
+/// Prefix of every parameter a recipe adds on top of the backbone.
+pub const HEAD_PREFIX: &str = "heads";
+
+/// Parses `config.method.options` as the options `T` of the method, naming the offending key on error.
+pub(crate) fn parse_options<T: DeserializeOwned>(config: &Config) -> Result<T> {
+    let value = toml::Value::Table(config.method.options.clone());
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        TrainError::Config {
+            origin: format!("[method.options] of {:?}", config.method.name),
+            key: if path == "." || path.is_empty() {
+                "method.options".into()
+            } else {
+                format!("method.options.{path}")
+            },
+            message: e.inner().to_string(),
+        }
+    })
+}
+
+/// Checks `config.method.options` against the options of `config.method.name` without building the model
+/// (the configuration test runs it on every file in `configs/`).
+pub fn check_options(config: &Config) -> Result<()> {
+    match config.method.name.as_str() {
+        "baseline" => {
+            if config.method.options.is_empty() {
+                Ok(())
+            } else {
+                Err(TrainError::Config {
+                    origin: "[method.options]".into(),
+                    key: "method.options".into(),
+                    message: "the baseline takes no method options".into(),
+                })
+            }
+        }
+        "pmg" => parse_options::<pmg::PmgOptions>(config)?.validate(),
+        "dcl" => parse_options::<dcl::DclOptions>(config)?.validate(),
+        "rmg-pmsi" => parse_options::<rmg_pmsi::RmgPmsiOptions>(config)?.validate(),
+        "coarse2fine" => parse_options::<coarse2fine::Coarse2FineOptions>(config)?.validate(),
+        other => Err(TrainError::Msg(format!(
+            "method.name: unknown method {other:?} (known: {})",
+            crate::recipe::METHODS.join(", ")
+        ))),
+    }
+}
+
+/// Refuses `model.head_lr_mult` for the recipes, whose rate ratio is `method.options.head_lr_mult` (with
+/// the official default), so that one setting cannot silently override the other.
+pub(crate) fn reject_model_head_lr_mult(model: &ModelConfig, method: &str) -> Result<()> {
+    if model.head_lr_mult != 1.0 {
+        return Err(TrainError::Config {
+            origin: format!("[model] of {method:?}"),
+            key: "model.head_lr_mult".into(),
+            message: format!(
+                "{method} takes its head learning-rate ratio from method.options.head_lr_mult (official \
+                 default included); leave model.head_lr_mult at 1"
+            ),
+        });
+    }
+    if model.dropout != 0.0 {
+        return Err(TrainError::Config {
+            origin: format!("[model] of {method:?}"),
+            key: "model.dropout".into(),
+            message: format!("{method} has no baseline classifier to apply model.dropout to"),
+        });
+    }
+    Ok(())
+}
+
+/// Builds the headless backbone of `model` under `p`. For MobileNetV2, `width_mult` and `first_stride`
+/// (method options) override torchvision's 1.0 and 2; RMG-PMSI's official backbone has a stride-1 stem.
+/// Pretrained weights (`model.pretrained`) are loaded either way.
+pub fn build_backbone(
+    model: &ModelConfig,
+    width_mult: Option<f64>,
+    first_stride: Option<usize>,
+    p: &Params,
+) -> Result<Box<dyn Backbone>> {
+    if width_mult.is_none() && first_stride.is_none() {
+        return crate::model::build_backbone(model, p);
+    }
+    let kind: BackboneKind =
+        model
+            .backbone
+            .parse()
+            .map_err(|e: fgvc_backbone::UnknownBackbone| {
+                TrainError::Msg(format!("model.backbone: {e}"))
+            })?;
+    if kind != BackboneKind::MobileNetV2 {
+        return Err(TrainError::Msg(format!(
+            "method.options.width_mult and first_stride apply to mobilenet_v2 only, not {}",
+            model.backbone
+        )));
+    }
+    if model.base_width.is_some() {
+        return Err(TrainError::Msg(
+            "model.base_width applies to ResNets only, not mobilenet_v2".into(),
+        ));
+    }
+    let cfg = MobileNetV2Config {
+        width_mult: width_mult.unwrap_or(1.0),
+        first_stride: first_stride.unwrap_or(2),
+        num_classes: None,
+        dropout: 0.0,
+    };
+    let net = MobileNetV2::new(cfg, p)?;
+    if let Some(path) = &model.pretrained {
+        let report = fgvc_backbone::weights::load_into(
+            p.store(),
+            path,
+            &fgvc_backbone::weights::LoadOptions::new(),
+        )
+        .map_err(|e| {
+            TrainError::Msg(format!(
+                "model.pretrained: {e}\n(download torchvision weights with `cargo xtask weights`)"
+            ))
+        })?;
+        tracing::info!("{report}");
+    }
+    Ok(Box::new(net))
+}
+
+/// The default parameter groups of a recipe: `heads` (everything under [`HEAD_PREFIX`]) at
+/// `base_lr * head_lr_mult`, and `backbone` (every other parameter, selected by its top-level module name)
+/// at `base_lr`, frozen for the first `backbone_freeze_epochs` epochs.
+pub fn backbone_and_head_groups(
+    store: &ParamStore,
+    base_lr: f64,
+    head_lr_mult: f64,
+    backbone_freeze_epochs: usize,
+) -> Vec<GroupSpec> {
+    let mut roots: Vec<String> = store
+        .trainable()
+        .into_iter()
+        .filter(|(n, _)| !fgvc_ops::is_buffer(n))
+        .filter_map(|(n, _)| n.split('.').next().map(str::to_string))
+        .filter(|r| r != HEAD_PREFIX)
+        .collect();
+    roots.sort();
+    roots.dedup();
+    vec![
+        GroupSpec {
+            name: "heads".into(),
+            params: vec![HEAD_PREFIX.into()],
+            lr: Some(base_lr * head_lr_mult),
+            weight_decay: None,
+            freeze_epochs: 0,
+        },
+        GroupSpec {
+            name: "backbone".into(),
+            params: roots,
+            lr: Some(base_lr),
+            weight_decay: None,
+            freeze_epochs: backbone_freeze_epochs,
+        },
+    ]
+}
+
+/// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]`, scaled by `weight`.
+pub(crate) fn weighted_ce(logits: &Tensor, labels: &Tensor, weight: f64) -> Result<Tensor> {
+    let ce = candle_nn::loss::cross_entropy(logits, labels)?;
+    Ok(if weight == 1.0 {
+        ce
+    } else {
+        ce.affine(weight, 0.0)?
+    })
+}
+
+/// Rows of `logits` whose arg-max equals the label.
+pub(crate) fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    let pred = logits.argmax(D::Minus1)?;
+    let eq = pred.eq(&labels.to_dtype(pred.dtype())?)?;
+    Ok(eq.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+}
+
+/// Turns an augmentation error into a training error.
+pub(crate) fn augment_error(e: fgvc_augment::AugmentError) -> TrainError {
+    TrainError::Msg(format!("augment: {e}"))
+}
+
+/// Checks that a learning-rate ratio and loss weights are finite and non-negative.
+pub(crate) fn check_non_negative(key: &str, values: &[f64]) -> Result<()> {
+    if let Some(v) = values.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+        return Err(TrainError::Config {
+            origin: "[method.options]".into(),
+            key: format!("method.options.{key}"),
+            message: format!("must be finite and non-negative, got {v}"),
+        });
+    }
+    Ok(())
+}
+
+/// An options error for `key` (relative to `method.options`).
+pub(crate) fn option_error(key: &str, message: impl Into<String>) -> TrainError {
+    TrainError::Config {
+        origin: "[method.options]".into(),
+        key: format!("method.options.{key}"),
+        message: message.into(),
+    }
+}

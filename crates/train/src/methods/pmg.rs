@@ -1,0 +1,273 @@
+//! PMG (Du et al., ECCV 2020) as its official `train.py` trains it.
+//!
+//! Each batch is used for S + 1 = 4 optimiser steps:
+//!
+//! ```text
+//! for (n, k, w) in [(8, 0, 1), (4, 1, 1), (2, 2, 1), (None, 3, 2)]:
+//!     x    = jigsaw(images, n) if n else images     # one n²-cycle shared by the batch (official mode)
+//!     outs = model(x)                               # full forward: every head and BatchNorm runs
+//!     loss = w * CE(outs[k], y); backward; step     # momentum buffers shared across the four steps
+//! ```
+//!
+//! Step k's loss reaches the backbone up to the stage head k reads (step 1: `layer2` and below on a ResNet)
+//! and only head k's block and classifier; the last step trains all blocks and `classifier_concat`. The
+//! official code ran PyTorch 1.3/1.4, whose `zero_grad` leaves zero gradients in place, so momentum and
+//! weight decay move every parameter that ever had a gradient at each of the four steps:
+//! [`Pmg::default_zero_grad`](crate::Method::default_zero_grad) is [`ZeroGrad::Zero`].
+//!
+//! Prediction (official `test()`): `combined` = the sum of the four logits (main), then `classifier1`..,
+//! and `concat`.
+
+use candle_core::Tensor;
+use fgvc_augment::{Jigsaw, JigsawMode};
+use fgvc_backbone::Backbone;
+use fgvc_data::Batch;
+use fgvc_heads::pmg::{PmgConfig, PmgHead, PmgOutput};
+use fgvc_ops::ParamStore;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
+    option_error, parse_options, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
+};
+use crate::config::Config;
+use crate::error::Result;
+use crate::method::{Method, Predictions, StepContext, StepStats};
+use crate::model::ModelConfig;
+use crate::optim::{GroupSpec, ZeroGrad};
+
+/// `[method.options]` of `pmg`; every field has the official value as its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PmgOptions {
+    /// Jigsaw granularity of each progressive step, one per stage head (official `[8, 4, 2]`; S = its
+    /// length, the heads read the S deepest stages).
+    pub granularities: Vec<usize>,
+    /// Loss weight of each step, S + 1 values (official `[1, 1, 1, 2]`: the concat step counts double).
+    pub loss_weights: Vec<f64>,
+    /// How the jigsaw permutation is drawn: `official` (one n²-cycle for the batch) or `per_image`.
+    pub jigsaw: JigsawMode,
+    /// Width of each block's 1x1 conv and of the classifiers' hidden layer (official 512).
+    pub feature_size: usize,
+    /// Output channels of each block's 3x3 conv (official: half the deepest stage, 1024 on ResNet-50).
+    pub block_channels: Option<usize>,
+    /// Learning rate of the heads over `optim.lr` (official 0.002 / 0.0002 = 10).
+    pub head_lr_mult: f64,
+    /// MobileNetV2 width multiplier (torchvision 1.0).
+    pub width_mult: Option<f64>,
+    /// MobileNetV2 stem stride (torchvision 2).
+    pub first_stride: Option<usize>,
+}
+
+impl Default for PmgOptions {
+    fn default() -> Self {
+        PmgOptions {
+            granularities: vec![8, 4, 2],
+            loss_weights: vec![1.0, 1.0, 1.0, 2.0],
+            jigsaw: JigsawMode::Official,
+            feature_size: 512,
+            block_channels: None,
+            head_lr_mult: 10.0,
+            width_mult: None,
+            first_stride: None,
+        }
+    }
+}
+
+impl PmgOptions {
+    /// Checks lengths and ranges.
+    pub fn validate(&self) -> Result<()> {
+        let s = self.granularities.len();
+        if s == 0 || self.granularities.contains(&0) {
+            return Err(option_error(
+                "granularities",
+                "needs at least one positive granularity",
+            ));
+        }
+        if self.loss_weights.len() != s + 1 {
+            return Err(option_error(
+                "loss_weights",
+                format!(
+                    "needs {} weights (one per jigsaw step and one for the concat step), got {}",
+                    s + 1,
+                    self.loss_weights.len()
+                ),
+            ));
+        }
+        check_non_negative("loss_weights", &self.loss_weights)?;
+        check_non_negative("head_lr_mult", &[self.head_lr_mult])?;
+        if self.feature_size == 0 || self.block_channels == Some(0) {
+            return Err(option_error("feature_size", "head widths must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// The PMG recipe: a backbone, [`PmgHead`] on its S deepest stages, and the progressive four-step loop.
+pub struct Pmg {
+    store: ParamStore,
+    backbone: Box<dyn Backbone>,
+    head: PmgHead,
+    options: PmgOptions,
+}
+
+impl Pmg {
+    /// The recipe of a run configuration (`[model]`, `[method.options]`).
+    pub fn from_config(config: &Config, num_classes: usize, store: ParamStore) -> Result<Self> {
+        reject_model_head_lr_mult(&config.model, "pmg")?;
+        let options: PmgOptions = parse_options(config)?;
+        Self::new(&config.model, options, num_classes, store)
+    }
+
+    /// The model of `model` with `options` and a `num_classes`-way output, parameters drawn from `store`.
+    pub fn new(
+        model: &ModelConfig,
+        options: PmgOptions,
+        num_classes: usize,
+        store: ParamStore,
+    ) -> Result<Self> {
+        options.validate()?;
+        let root = store.root();
+        let backbone = build_backbone(model, options.width_mult, options.first_stride, &root)?;
+        let channels = backbone.stage_channels();
+        let deepest = *channels.last().unwrap_or(&0);
+        let cfg = PmgConfig::last_stages(
+            &channels,
+            options.granularities.len(),
+            options.feature_size,
+            options.block_channels.unwrap_or(deepest / 2).max(1),
+            num_classes,
+        )?;
+        let head = PmgHead::new(cfg, &root.pp(HEAD_PREFIX))?;
+        Ok(Pmg {
+            store,
+            backbone,
+            head,
+            options,
+        })
+    }
+
+    /// The backbone.
+    pub fn backbone(&self) -> &dyn Backbone {
+        &*self.backbone
+    }
+
+    /// The head.
+    pub fn head(&self) -> &PmgHead {
+        &self.head
+    }
+
+    /// The options.
+    pub fn options(&self) -> &PmgOptions {
+        &self.options
+    }
+
+    /// Number of optimiser steps per batch (S + 1).
+    pub fn num_steps(&self) -> usize {
+        self.options.granularities.len() + 1
+    }
+
+    /// The full forward pass: backbone stages, then every block and classifier.
+    pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<PmgOutput> {
+        let stages = self.backbone.forward_stages(images, train)?;
+        Ok(self.head.forward_t(&stages, train)?)
+    }
+
+    /// The input of step `k` (0-based): the `granularities[k]` jigsaw of `images` for `k < S`, the images
+    /// themselves for the last step.
+    pub fn step_input(&self, images: &Tensor, k: usize, rng: &mut impl Rng) -> Result<Tensor> {
+        match self.options.granularities.get(k) {
+            Some(&n) => Ok(Jigsaw::with_mode(n, self.options.jigsaw)
+                .and_then(|j| j.apply(images, rng))
+                .map_err(augment_error)?
+                .images),
+            None => Ok(images.clone()),
+        }
+    }
+
+    /// Step `k`'s weighted loss `w_k · CE(outs[k], y)` on its input, with the full output of that pass.
+    pub fn step_loss(
+        &self,
+        images: &Tensor,
+        labels: &Tensor,
+        k: usize,
+        rng: &mut impl Rng,
+    ) -> Result<(Tensor, PmgOutput)> {
+        let x = self.step_input(images, k, rng)?;
+        let out = self.forward_t(&x, true)?;
+        let loss = weighted_ce(out.step_logits(k)?, labels, self.options.loss_weights[k])?;
+        Ok((loss, out))
+    }
+}
+
+/// The name of progressive step `k` of `granularities` in logs: `jigsaw<n>`, then `concat`.
+pub(crate) fn step_name(prefix: &str, levels: &[usize], k: usize) -> String {
+    match levels.get(k) {
+        Some(n) => format!("{prefix}{n}"),
+        None => "concat".into(),
+    }
+}
+
+/// Named predictions of a multi-stage head: `combined` (the sum), `classifier1`.., `concat`.
+pub(crate) fn stage_predictions(
+    combined: Tensor,
+    stage_logits: &[Tensor],
+    concat: &Tensor,
+) -> Predictions {
+    let mut heads = vec![("combined".to_string(), combined)];
+    for (i, l) in stage_logits.iter().enumerate() {
+        heads.push((format!("classifier{}", i + 1), l.clone()));
+    }
+    heads.push(("concat".into(), concat.clone()));
+    Predictions { heads }
+}
+
+impl Method for Pmg {
+    fn name(&self) -> &str {
+        "pmg"
+    }
+
+    fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    fn train_step(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<StepStats> {
+        let steps = self.num_steps();
+        let mut stats = StepStats {
+            count: batch.len(),
+            ..StepStats::default()
+        };
+        for k in 0..steps {
+            let mut rng = ctx.rng(k as u64);
+            let (loss, out) = self.step_loss(&batch.images, &batch.labels, k, &mut rng)?;
+            let value = ctx.backward_step(&loss)?;
+            stats.loss += value;
+            stats
+                .losses
+                .push((step_name("jigsaw", &self.options.granularities, k), value));
+            if k + 1 == steps {
+                // The official train accuracy is that of the concat classifier at the last step.
+                stats.correct = count_correct(&out.concat_logits.detach(), &batch.labels)?;
+            }
+        }
+        Ok(stats)
+    }
+
+    fn predict(&self, images: &Tensor) -> Result<Predictions> {
+        let out = self.forward_t(images, false)?;
+        Ok(stage_predictions(
+            out.combined()?,
+            &out.stage_logits,
+            &out.concat_logits,
+        ))
+    }
+
+    fn default_groups(&self, base_lr: f64) -> Vec<GroupSpec> {
+        backbone_and_head_groups(&self.store, base_lr, self.options.head_lr_mult, 0)
+    }
+
+    fn default_zero_grad(&self) -> ZeroGrad {
+        ZeroGrad::Zero
+    }
+}

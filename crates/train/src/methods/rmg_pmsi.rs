@@ -1,0 +1,288 @@
+//! RMG-PMSI (Wu et al., arXiv 2112.04223 / BMVC 2022) as its official `main.py` trains it.
+//!
+//! PMG's progressive loop with a recursive mosaic instead of the flat jigsaw, and the multi-stage
+//! interaction head ([`PmsiHead`]):
+//!
+//! ```text
+//! for (r, k, w) in [(3, 0, 1), (2, 1, 1), (1, 2, 1), (None, 3, 2)]:
+//!     out  = model(RMG(x, r) if r else x)              # one mosaic per batch, full forward
+//!     loss = w * CE(out[k], y); backward
+//!     if epoch >= 5: opt_backbone.step()               # backbone frozen for epochs 0-4
+//!     opt_heads.step()
+//! ```
+//!
+//! * The freeze is the engine's: the `backbone` group of [`RmgPmsi::default_groups`] has
+//!   `freeze_epochs = 5`, so the optimiser skips it (no update, no momentum, no decay) while its gradients
+//!   are still computed and its BatchNorm statistics still move, as in the official code.
+//! * The MobileNetV2 stem has stride 1 (`MobilenetV2_for_PMSI`), unless `first_stride` says otherwise.
+//! * MSI couples all three stages, so every step's loss reaches every block and the whole backbone; only the
+//!   classifiers are step-specific.
+//! * PyTorch < 2.0 `zero_grad` semantics ([`ZeroGrad::Zero`]).
+//! * Prediction (official "mix"): `combined` = the sum of the four logits (main), then `classifier1`..,
+//!   `concat`.
+//! * MSI dropout draws from the head's own seeded stream (`fgvc_heads::blocks::Dropout`), not from the
+//!   step's keyed stream: a resumed run replays different dropout masks than an uninterrupted one.
+
+use candle_core::Tensor;
+use fgvc_augment::RecursiveMosaic;
+use fgvc_backbone::{Backbone, BackboneKind};
+use fgvc_data::Batch;
+use fgvc_heads::msi::{PmsiConfig, PmsiHead, PmsiOutput};
+use fgvc_ops::ParamStore;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::pmg::{stage_predictions, step_name};
+use super::{
+    augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
+    option_error, parse_options, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
+};
+use crate::config::Config;
+use crate::error::{Result, TrainError};
+use crate::method::{Method, Predictions, StepContext, StepStats};
+use crate::model::ModelConfig;
+use crate::optim::{GroupSpec, ZeroGrad};
+
+/// `[method.options]` of `rmg-pmsi`; every field has the official value as its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RmgPmsiOptions {
+    /// Mosaic depth of each progressive step, one per stage (official `[3, 2, 1]`).
+    pub levels: Vec<usize>,
+    /// Loss weight of each step, S + 1 values (official `[1, 1, 1, 2]`).
+    pub loss_weights: Vec<f64>,
+    /// The 1x1 conv width, MSI's hidden width and the classifiers' hidden width (official 320).
+    pub feature_size: usize,
+    /// Output channels of each `smooth_conv`'s 3x3 conv (official: half the deepest stage, 640).
+    pub block_channels: Option<usize>,
+    /// MSI dropout probability (official 0.5).
+    pub dropout: f64,
+    /// Epochs during which the backbone is not updated (official 5).
+    pub backbone_freeze_epochs: usize,
+    /// Learning rate of the heads over `optim.lr` (official 3e-3 / 3e-4 = 10).
+    pub head_lr_mult: f64,
+    /// MobileNetV2 width multiplier (torchvision 1.0).
+    pub width_mult: Option<f64>,
+    /// MobileNetV2 stem stride; absent means the official 1 (`MobilenetV2_for_PMSI`), 2 is torchvision's.
+    pub first_stride: Option<usize>,
+}
+
+impl Default for RmgPmsiOptions {
+    fn default() -> Self {
+        RmgPmsiOptions {
+            levels: vec![3, 2, 1],
+            loss_weights: vec![1.0, 1.0, 1.0, 2.0],
+            feature_size: 320,
+            block_channels: None,
+            dropout: 0.5,
+            backbone_freeze_epochs: 5,
+            head_lr_mult: 10.0,
+            width_mult: None,
+            first_stride: None,
+        }
+    }
+}
+
+impl RmgPmsiOptions {
+    /// Checks lengths and ranges.
+    pub fn validate(&self) -> Result<()> {
+        let s = self.levels.len();
+        if s == 0 || self.levels.iter().any(|&l| l == 0 || l > 12) {
+            return Err(option_error(
+                "levels",
+                "needs at least one level, each in 1..=12",
+            ));
+        }
+        if self.loss_weights.len() != s + 1 {
+            return Err(option_error(
+                "loss_weights",
+                format!(
+                    "needs {} weights (one per mosaic step and one for the concat step), got {}",
+                    s + 1,
+                    self.loss_weights.len()
+                ),
+            ));
+        }
+        check_non_negative("loss_weights", &self.loss_weights)?;
+        check_non_negative("head_lr_mult", &[self.head_lr_mult])?;
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(option_error(
+                "dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            ));
+        }
+        if self.feature_size == 0 || self.block_channels == Some(0) {
+            return Err(option_error("feature_size", "head widths must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// The RMG-PMSI recipe: a backbone, [`PmsiHead`] on its S deepest stages, the recursive mosaic and the
+/// progressive loop with a frozen backbone at first.
+pub struct RmgPmsi {
+    store: ParamStore,
+    backbone: Box<dyn Backbone>,
+    head: PmsiHead,
+    options: RmgPmsiOptions,
+}
+
+impl RmgPmsi {
+    /// The recipe of a run configuration (`[model]`, `[method.options]`).
+    pub fn from_config(config: &Config, num_classes: usize, store: ParamStore) -> Result<Self> {
+        reject_model_head_lr_mult(&config.model, "rmg-pmsi")?;
+        let options: RmgPmsiOptions = parse_options(config)?;
+        Self::new(&config.model, options, num_classes, store)
+    }
+
+    /// The model of `model` with `options` and a `num_classes`-way output, parameters drawn from `store`.
+    pub fn new(
+        model: &ModelConfig,
+        options: RmgPmsiOptions,
+        num_classes: usize,
+        store: ParamStore,
+    ) -> Result<Self> {
+        options.validate()?;
+        let kind: BackboneKind =
+            model
+                .backbone
+                .parse()
+                .map_err(|e: fgvc_backbone::UnknownBackbone| {
+                    TrainError::Msg(format!("model.backbone: {e}"))
+                })?;
+        // The official backbone is MobileNetV2 with a stride-1 stem.
+        let first_stride = match (kind, options.first_stride) {
+            (BackboneKind::MobileNetV2, None) => Some(1),
+            (_, s) => s,
+        };
+        let root = store.root();
+        let backbone = build_backbone(model, options.width_mult, first_stride, &root)?;
+        let channels = backbone.stage_channels();
+        let deepest = *channels.last().unwrap_or(&0);
+        let mut cfg = PmsiConfig::last_stages(
+            &channels,
+            options.levels.len(),
+            options.feature_size,
+            options.block_channels.unwrap_or(deepest / 2).max(1),
+            num_classes,
+        )?;
+        cfg.dropout = options.dropout;
+        let head = PmsiHead::new(cfg, &root.pp(HEAD_PREFIX))?;
+        Ok(RmgPmsi {
+            store,
+            backbone,
+            head,
+            options,
+        })
+    }
+
+    /// The backbone.
+    pub fn backbone(&self) -> &dyn Backbone {
+        &*self.backbone
+    }
+
+    /// The head.
+    pub fn head(&self) -> &PmsiHead {
+        &self.head
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RmgPmsiOptions {
+        &self.options
+    }
+
+    /// Number of optimiser steps per batch (S + 1).
+    pub fn num_steps(&self) -> usize {
+        self.options.levels.len() + 1
+    }
+
+    /// The full forward pass: backbone stages, blocks, MSI and every classifier.
+    pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<PmsiOutput> {
+        let stages = self.backbone.forward_stages(images, train)?;
+        Ok(self.head.forward_t(&stages, train)?)
+    }
+
+    /// The input of step `k` (0-based): the `levels[k]`-level mosaic of `images` for `k < S`, the images
+    /// themselves for the last step.
+    pub fn step_input(&self, images: &Tensor, k: usize, rng: &mut impl Rng) -> Result<Tensor> {
+        match self.options.levels.get(k) {
+            Some(&r) => Ok(RecursiveMosaic::new(r as u32)
+                .and_then(|m| m.apply(images, rng))
+                .map_err(augment_error)?
+                .images),
+            None => Ok(images.clone()),
+        }
+    }
+
+    /// Step `k`'s weighted loss `w_k · CE(out[k], y)` on its input, with the full output of that pass.
+    pub fn step_loss(
+        &self,
+        images: &Tensor,
+        labels: &Tensor,
+        k: usize,
+        rng: &mut impl Rng,
+    ) -> Result<(Tensor, PmsiOutput)> {
+        let x = self.step_input(images, k, rng)?;
+        let out = self.forward_t(&x, true)?;
+        let logits = if k < out.stage_logits.len() {
+            &out.stage_logits[k]
+        } else {
+            &out.concat_logits
+        };
+        let loss = weighted_ce(logits, labels, self.options.loss_weights[k])?;
+        Ok((loss, out))
+    }
+}
+
+impl Method for RmgPmsi {
+    fn name(&self) -> &str {
+        "rmg-pmsi"
+    }
+
+    fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    fn train_step(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<StepStats> {
+        let steps = self.num_steps();
+        let mut stats = StepStats {
+            count: batch.len(),
+            ..StepStats::default()
+        };
+        for k in 0..steps {
+            let mut rng = ctx.rng(k as u64);
+            let (loss, out) = self.step_loss(&batch.images, &batch.labels, k, &mut rng)?;
+            let value = ctx.backward_step(&loss)?;
+            stats.loss += value;
+            stats
+                .losses
+                .push((step_name("mosaic", &self.options.levels, k), value));
+            if k + 1 == steps {
+                stats.correct = count_correct(&out.concat_logits.detach(), &batch.labels)?;
+            }
+        }
+        Ok(stats)
+    }
+
+    fn predict(&self, images: &Tensor) -> Result<Predictions> {
+        let out = self.forward_t(images, false)?;
+        Ok(stage_predictions(
+            out.combined()?,
+            &out.stage_logits,
+            &out.concat_logits,
+        ))
+    }
+
+    fn default_groups(&self, base_lr: f64) -> Vec<GroupSpec> {
+        backbone_and_head_groups(
+            &self.store,
+            base_lr,
+            self.options.head_lr_mult,
+            self.options.backbone_freeze_epochs,
+        )
+    }
+
+    fn default_zero_grad(&self) -> ZeroGrad {
+        ZeroGrad::Zero
+    }
+}

@@ -1,0 +1,88 @@
+//! Every configuration in `configs/` parses, names its method in its file name, and has valid method
+//! options; the synthetic ones also build their model. A typo in any of them fails here.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use fgvc_train::methods::check_options;
+use fgvc_train::recipe::build_method;
+use fgvc_train::Config;
+
+fn configs() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_config_parses_and_checks() {
+    let files = configs();
+    for method in ["pmg", "dcl", "rmg-pmsi", "coarse2fine"] {
+        assert!(
+            files
+                .iter()
+                .any(|f| f.file_stem().unwrap().to_str().unwrap() == format!("{method}-synthetic")),
+            "configs/{method}-synthetic.toml is missing"
+        );
+    }
+    for file in &files {
+        let config = Config::load(file, &[]).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let stem = file.file_stem().unwrap().to_str().unwrap();
+        assert!(
+            stem.starts_with(&format!("{}-", config.method.name))
+                || stem.ends_with(&format!("-{}", config.method.name)),
+            "{stem}: the file name should name its method {:?}",
+            config.method.name
+        );
+        check_options(&config).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        if config.data.dataset == "synthetic" {
+            let method = build_method(&config, config.data.synthetic.classes, &Device::Cpu)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert_eq!(method.name(), config.method.name);
+            assert!(
+                !method.default_groups(config.optim.lr).is_empty()
+                    || config.method.name == "baseline"
+                    || config.method.name == "coarse2fine"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_misspelt_option_is_an_error_naming_it() {
+    let config = Config::parse(
+        "[method]\nname = \"pmg\"\n[method.options]\ngranularity = [8, 4, 2]\n",
+        "typo.toml",
+        &[],
+    )
+    .unwrap();
+    let err = check_options(&config).unwrap_err().to_string();
+    assert!(err.contains("granularity"), "{err}");
+    // Values are checked too: PMG needs one loss weight per step.
+    let config = Config::parse(
+        "[method]\nname = \"pmg\"\n[method.options]\nloss_weights = [1.0, 2.0]\n",
+        "short.toml",
+        &[],
+    )
+    .unwrap();
+    assert!(check_options(&config)
+        .unwrap_err()
+        .to_string()
+        .contains("loss_weights"));
+    // An unknown method is refused when the configuration is parsed.
+    assert!(Config::parse("[method]\nname = \"pgm\"\n", "x.toml", &[]).is_err());
+    // The resolved configuration (what a run directory stores) keeps the options.
+    let config = Config::parse(
+        "[method]\nname = \"dcl\"\n[method.options]\ngamma = 0.01\n",
+        "x.toml",
+        &[],
+    )
+    .unwrap();
+    let again = Config::parse(&config.to_toml(), "config.toml", &[]).unwrap();
+    assert_eq!(again.method.options["gamma"].as_float(), Some(0.01));
+}
