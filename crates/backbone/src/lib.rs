@@ -63,7 +63,6 @@
 #![warn(missing_docs)]
 
 mod backbone;
-mod dropout;
 mod kind;
 mod mobilenet_v2;
 mod resnet;
@@ -71,7 +70,7 @@ mod vgg;
 pub mod weights;
 
 pub use backbone::{Backbone, StageInfo};
-pub use dropout::Dropout;
+pub use fgvc_ops::Dropout;
 pub use kind::{build, BackboneKind, UnknownBackbone};
 pub use mobilenet_v2::{make_divisible, MobileNetV2, MobileNetV2Config};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};

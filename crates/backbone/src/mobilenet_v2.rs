@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use fgvc_ops::{global_avg_pool, relu6, BatchNorm, Conv2d, Conv2dConfig, Init, Linear, Params};
 
 use crate::backbone::{Backbone, StageInfo};
-use crate::dropout::Dropout;
+use fgvc_ops::Dropout;
 
 /// torchvision's inverted-residual table: expansion `t`, channels `c`, repeats `n`, first stride `s`.
 const SETTINGS: [(usize, usize, usize, usize); 7] = [
@@ -300,7 +300,7 @@ impl MobileNetV2 {
         Ok(Self {
             cfg,
             features,
-            dropout: Dropout::new(cfg.dropout, &cp.pp(0)),
+            dropout: Dropout::new(cfg.dropout, &cp.pp(0))?,
             classifier,
             last_channel,
             stages,

@@ -7,7 +7,7 @@ use fgvc_ops::{
 };
 
 use crate::backbone::{Backbone, StageInfo};
-use crate::dropout::Dropout;
+use fgvc_ops::Dropout;
 
 /// torchvision's configuration "D": the conv widths of VGG-16's five blocks.
 const VGG16_BLOCKS: [&[usize]; 5] = [
@@ -154,9 +154,9 @@ impl Vgg {
                 };
                 Some(Classifier {
                     fc1: lin(0, in_c * 49, cfg.hidden)?,
-                    drop1: Dropout::new(cfg.dropout, &cp.pp(2)),
+                    drop1: Dropout::new(cfg.dropout, &cp.pp(2))?,
                     fc2: lin(3, cfg.hidden, cfg.hidden)?,
-                    drop2: Dropout::new(cfg.dropout, &cp.pp(5)),
+                    drop2: Dropout::new(cfg.dropout, &cp.pp(5))?,
                     fc3: lin(6, cfg.hidden, classes)?,
                 })
             }

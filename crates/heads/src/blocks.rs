@@ -1,12 +1,8 @@
 //! Building blocks shared by the heads: the official `BasicConv`, the two-conv stage block, the
 //! BN-Linear-BN-ELU-Linear classifier and a seeded dropout.
 
-use std::sync::Mutex;
-
 use candle_core::{Module, Result, Tensor};
 use fgvc_ops::{global_max_pool, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Params};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 /// The BatchNorm of PMG's and RMG-PMSI's `BasicConv`/`Conv`: eps 1e-5, **momentum 0.01**, affine.
 pub const STAGE_BN: BatchNormConfig = BatchNormConfig {
@@ -177,88 +173,5 @@ impl EluClassifier {
     }
 }
 
-/// FNV-1a over the name, mixed with the seed: a stable stream key.
-fn stream_key(seed: u64, name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5eed_d20b;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// Inverted dropout (`nn.Dropout(p)`) whose masks come from a ChaCha stream keyed by the parameter store's
-/// seed and the layer's name, because candle's CPU RNG cannot be seeded. Each training call draws a fresh
-/// mask from the stream, so a model rebuilt with the same seed reproduces the same sequence of masks; eval
-/// calls are the identity and do not advance the stream.
-///
-/// ```
-/// use candle_core::{DType, Device, Tensor};
-/// use fgvc_heads::blocks::Dropout;
-/// use fgvc_ops::ParamStore;
-///
-/// let store = ParamStore::new(3, DType::F32, &Device::Cpu);
-/// let drop = Dropout::new(0.5, &store.root().pp("drop"))?;
-/// let x = Tensor::ones((2, 8), DType::F32, &Device::Cpu)?;
-/// assert_eq!(drop.forward_t(&x, false)?.to_vec2::<f32>()?, x.to_vec2::<f32>()?);
-/// let y = drop.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
-/// assert!(y.iter().all(|&v| v == 0.0 || v == 2.0));
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct Dropout {
-    p: f64,
-    rng: Mutex<ChaCha8Rng>,
-}
-
-impl Dropout {
-    /// Drop probability `p` in `[0, 1)`; the stream is keyed by `(store seed, p's prefix)`.
-    pub fn new(p: f64, params: &Params) -> Result<Self> {
-        Self::with_seed(p, stream_key(params.store().seed(), params.prefix()))
-    }
-
-    /// Drop probability `p` with an explicit stream seed.
-    pub fn with_seed(p: f64, seed: u64) -> Result<Self> {
-        if !(0.0..1.0).contains(&p) {
-            candle_core::bail!("dropout probability must be in [0, 1), got {p}")
-        }
-        Ok(Self {
-            p,
-            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
-        })
-    }
-
-    /// The drop probability.
-    pub fn p(&self) -> f64 {
-        self.p
-    }
-
-    /// In training, zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`; in
-    /// eval, returns `x` unchanged.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.p == 0.0 {
-            return Ok(x.clone());
-        }
-        let keep = 1.0 - self.p;
-        let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> = {
-            let mut rng = self
-                .rng
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
-            (0..x.elem_count())
-                .map(|_| {
-                    if rng.random::<f64>() < keep {
-                        scale
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
-        };
-        let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?
-            .to_dtype(x.dtype())?
-            .to_device(x.device())?;
-        x.mul(&mask)
-    }
-}
+/// Seeded inverted dropout, shared with the backbones (`fgvc_ops::Dropout`).
+pub use fgvc_ops::Dropout;

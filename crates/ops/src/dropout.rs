@@ -7,8 +7,8 @@
 
 use std::sync::Mutex;
 
+use crate::params::Params;
 use candle_core::{Result, Tensor};
-use fgvc_ops::Params;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -20,11 +20,10 @@ use rand_chacha::ChaCha8Rng;
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
-/// use fgvc_backbone::Dropout;
-/// use fgvc_ops::ParamStore;
+/// use fgvc_ops::{Dropout, ParamStore};
 ///
 /// let store = ParamStore::new(3, DType::F32, &Device::Cpu);
-/// let drop = Dropout::new(0.5, &store.root().pp("classifier.0"));
+/// let drop = Dropout::new(0.5, &store.root().pp("classifier.0"))?;
 /// let x = Tensor::ones((4, 8), DType::F32, &Device::Cpu)?;
 /// let y = drop.forward_t(&x, true)?;
 /// // Every element is either dropped or scaled by 2.
@@ -39,22 +38,21 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// A dropout layer with drop probability `p` (in `[0, 1)`) whose stream derives from `params`' store seed
-    /// and prefix.
-    pub fn new(p: f64, params: &Params) -> Self {
+    /// A dropout layer with drop probability `p` (in `[0, 1)`, else an error) whose stream derives from
+    /// `params`' store seed and prefix.
+    pub fn new(p: f64, params: &Params) -> Result<Self> {
         Self::with_seed(p, mix(params.store().seed(), params.prefix()))
     }
 
     /// A dropout layer with an explicit stream seed.
-    pub fn with_seed(p: f64, seed: u64) -> Self {
-        assert!(
-            (0.0..1.0).contains(&p),
-            "dropout probability must be in [0, 1), got {p}"
-        );
-        Self {
+    pub fn with_seed(p: f64, seed: u64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            candle_core::bail!("dropout probability must be in [0, 1), got {p}")
+        }
+        Ok(Self {
             p,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
-        }
+        })
     }
 
     /// The drop probability.
@@ -106,12 +104,12 @@ fn mix(seed: u64, name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ParamStore;
     use candle_core::{DType, Device};
-    use fgvc_ops::ParamStore;
 
     fn masks(seed: u64, name: &str) -> Vec<f32> {
         let store = ParamStore::new(seed, DType::F32, &Device::Cpu);
-        let d = Dropout::new(0.3, &store.root().pp(name));
+        let d = Dropout::new(0.3, &store.root().pp(name)).unwrap();
         let x = Tensor::ones(1000, DType::F32, &Device::Cpu).unwrap();
         let mut v = d.forward_t(&x, true).unwrap().to_vec1::<f32>().unwrap();
         v.extend(d.forward_t(&x, true).unwrap().to_vec1::<f32>().unwrap());
@@ -130,5 +128,18 @@ mod tests {
         assert!((dropped - 0.3).abs() < 0.05, "dropped fraction {dropped}");
         let kept = a.iter().find(|&&v| v != 0.0).copied().unwrap();
         assert!((kept - 1.0 / 0.7).abs() < 1e-6);
+        assert!(Dropout::with_seed(1.0, 0).is_err());
+        // Eval is the identity and does not advance the stream.
+        let store = ParamStore::new(1, DType::F32, &Device::Cpu);
+        let d = Dropout::new(0.3, &store.root().pp("classifier.0")).unwrap();
+        let x = Tensor::ones(1000, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            d.forward_t(&x, false).unwrap().to_vec1::<f32>().unwrap(),
+            vec![1f32; 1000]
+        );
+        assert_eq!(
+            d.forward_t(&x, true).unwrap().to_vec1::<f32>().unwrap(),
+            a[..1000].to_vec()
+        );
     }
 }
