@@ -209,6 +209,37 @@ pub(crate) fn step_name(prefix: &str, levels: &[usize], k: usize) -> String {
     }
 }
 
+/// The names of `steps` progressive steps: `{prefix}{level}` for each level, then `concat`.
+pub(crate) fn step_names(prefix: &str, levels: &[usize], steps: usize) -> Vec<String> {
+    (0..steps).map(|k| step_name(prefix, levels, k)).collect()
+}
+
+/// The progressive step PMG and RMG-PMSI share: one optimiser step per entry of `names`, in order, each with
+/// its own keyed RNG stream; `step_loss(k, rng)` returns step `k`'s loss and the concat logits. The train
+/// accuracy is the concat classifier's at the last step, as in both official codes.
+pub(crate) fn progressive_train_step(
+    batch: &Batch,
+    ctx: &mut StepContext<'_>,
+    names: &[String],
+    mut step_loss: impl FnMut(usize, &mut rand_chacha::ChaCha8Rng) -> Result<(Tensor, Tensor)>,
+) -> Result<StepStats> {
+    let mut stats = StepStats {
+        count: batch.len(),
+        ..StepStats::default()
+    };
+    for (k, name) in names.iter().enumerate() {
+        let mut rng = ctx.rng(k as u64);
+        let (loss, concat_logits) = step_loss(k, &mut rng)?;
+        let value = ctx.backward_step(&loss)?;
+        stats.loss += value;
+        stats.losses.push((name.clone(), value));
+        if k + 1 == names.len() {
+            stats.correct = count_correct(&concat_logits.detach(), &batch.labels)?;
+        }
+    }
+    Ok(stats)
+}
+
 /// Named predictions of a multi-stage head: `combined` (the sum), `classifier1`.., `concat`.
 pub(crate) fn stage_predictions(
     combined: Tensor,
@@ -233,25 +264,11 @@ impl Method for Pmg {
     }
 
     fn train_step(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<StepStats> {
-        let steps = self.num_steps();
-        let mut stats = StepStats {
-            count: batch.len(),
-            ..StepStats::default()
-        };
-        for k in 0..steps {
-            let mut rng = ctx.rng(k as u64);
-            let (loss, out) = self.step_loss(&batch.images, &batch.labels, k, &mut rng)?;
-            let value = ctx.backward_step(&loss)?;
-            stats.loss += value;
-            stats
-                .losses
-                .push((step_name("jigsaw", &self.options.granularities, k), value));
-            if k + 1 == steps {
-                // The official train accuracy is that of the concat classifier at the last step.
-                stats.correct = count_correct(&out.concat_logits.detach(), &batch.labels)?;
-            }
-        }
-        Ok(stats)
+        let names = step_names("jigsaw", &self.options.granularities, self.num_steps());
+        progressive_train_step(batch, ctx, &names, |k, rng| {
+            let (loss, out) = self.step_loss(&batch.images, &batch.labels, k, rng)?;
+            Ok((loss, out.concat_logits))
+        })
     }
 
     fn predict(&self, images: &Tensor) -> Result<Predictions> {

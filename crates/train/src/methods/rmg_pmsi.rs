@@ -32,10 +32,10 @@ use fgvc_ops::ParamStore;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::pmg::{stage_predictions, step_name};
+use super::pmg::{progressive_train_step, stage_predictions, step_names};
 use super::{
-    augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
-    option_error, parse_options, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
+    augment_error, backbone_and_head_groups, build_backbone, check_non_negative, option_error,
+    parse_options, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
 };
 use crate::config::Config;
 use crate::error::{Result, TrainError};
@@ -244,24 +244,11 @@ impl Method for RmgPmsi {
     }
 
     fn train_step(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<StepStats> {
-        let steps = self.num_steps();
-        let mut stats = StepStats {
-            count: batch.len(),
-            ..StepStats::default()
-        };
-        for k in 0..steps {
-            let mut rng = ctx.rng(k as u64);
-            let (loss, out) = self.step_loss(&batch.images, &batch.labels, k, &mut rng)?;
-            let value = ctx.backward_step(&loss)?;
-            stats.loss += value;
-            stats
-                .losses
-                .push((step_name("mosaic", &self.options.levels, k), value));
-            if k + 1 == steps {
-                stats.correct = count_correct(&out.concat_logits.detach(), &batch.labels)?;
-            }
-        }
-        Ok(stats)
+        let names = step_names("mosaic", &self.options.levels, self.num_steps());
+        progressive_train_step(batch, ctx, &names, |k, rng| {
+            let (loss, out) = self.step_loss(&batch.images, &batch.labels, k, rng)?;
+            Ok((loss, out.concat_logits))
+        })
     }
 
     fn predict(&self, images: &Tensor) -> Result<Predictions> {
