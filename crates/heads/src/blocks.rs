@@ -175,3 +175,26 @@ impl EluClassifier {
 
 /// Seeded inverted dropout, shared with the backbones (`fgvc_ops::Dropout`).
 pub use fgvc_ops::Dropout;
+
+/// The channels of the last `num_stages` of `stage_channels`, which a multi-stage head (PMG, PMSI) reads,
+/// after checking the request fits the backbone and every width is positive.
+pub(crate) fn tapped_channels(
+    head: &str,
+    stage_channels: &[usize],
+    num_stages: usize,
+    widths: [usize; 3],
+) -> Result<Vec<usize>> {
+    if num_stages == 0 || num_stages > stage_channels.len() {
+        candle_core::bail!(
+            "{head}: asked for {num_stages} stages of a backbone with {}",
+            stage_channels.len()
+        )
+    }
+    if widths.contains(&0) {
+        let [feature_size, block_channels, num_classes] = widths;
+        candle_core::bail!(
+            "{head}: widths must be positive ({feature_size}, {block_channels}, {num_classes})"
+        )
+    }
+    Ok(stage_channels[stage_channels.len() - num_stages..].to_vec())
+}

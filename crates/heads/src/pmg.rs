@@ -42,18 +42,12 @@ impl PmgConfig {
         block_channels: usize,
         num_classes: usize,
     ) -> Result<Self> {
-        if num_stages == 0 || num_stages > stage_channels.len() {
-            candle_core::bail!(
-                "PMG: asked for {num_stages} stages of a backbone with {}",
-                stage_channels.len()
-            )
-        }
-        if feature_size == 0 || block_channels == 0 || num_classes == 0 {
-            candle_core::bail!(
-                "PMG: widths must be positive ({feature_size}, {block_channels}, {num_classes})"
-            )
-        }
-        let in_channels = stage_channels[stage_channels.len() - num_stages..].to_vec();
+        let in_channels = crate::blocks::tapped_channels(
+            "PMG",
+            stage_channels,
+            num_stages,
+            [feature_size, block_channels, num_classes],
+        )?;
         Ok(Self {
             in_channels,
             feature_size,
