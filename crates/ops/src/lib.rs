@@ -9,6 +9,7 @@
 //!   [`avg_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool`].
 //! - [`batch_norm`]: fused train/eval BatchNorm with PyTorch's running-statistics update.
 //! - [`relu6`], [`elu`], [`gradient_reversal`]: small ops the backbones and heads need.
+//! - [`tune_allocator`]: glibc malloc settings that stop training steps page-faulting their buffers in.
 //! - [`ParamStore`] / [`Params`]: named parameters (torchvision's names) initialised from a seeded RNG,
 //!   because candle's CPU RNG cannot be seeded.
 //!
@@ -33,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod activation;
+mod alloc;
 mod batch_norm;
 mod conv;
 mod conv_cpu;
@@ -43,6 +45,7 @@ mod params;
 mod pool;
 
 pub use activation::{elu, gradient_reversal, relu6};
+pub use alloc::tune_allocator;
 pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
 pub use conv::{conv2d, depthwise_conv2d, Conv2d, Conv2dConfig};
 pub use dropout::Dropout;

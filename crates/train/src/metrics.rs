@@ -14,7 +14,7 @@ use crate::run_dir::{atomic_write, RunDir};
 /// One line of the log: a training interval or an evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// `train` or `eval`.
+    /// `train` (an interval of steps), `epoch` (a whole epoch's training), `eval` or `test`.
     pub kind: String,
     /// Epoch (0-based).
     pub epoch: usize,
@@ -50,16 +50,20 @@ pub struct Record {
     /// Learning rate of every group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lrs: Option<BTreeMap<String, f64>>,
+    /// Wall-clock seconds of the epoch's training steps, loading included and evaluation excluded (`epoch`
+    /// records; after a resume, the batches this process ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
 }
 
 const CSV_HEADER: &str =
-    "kind,epoch,step,split,lr,loss,train_acc,images_per_sec,top1,top5,mean_per_class";
+    "kind,epoch,step,split,lr,loss,train_acc,images_per_sec,top1,top5,mean_per_class,seconds";
 
 impl Record {
     fn csv_line(&self) -> String {
         let f = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
             self.kind,
             self.epoch,
             self.step,
@@ -70,7 +74,8 @@ impl Record {
             f(self.images_per_sec),
             f(self.top1),
             f(self.top5),
-            f(self.mean_per_class)
+            f(self.mean_per_class),
+            f(self.seconds)
         )
     }
 }
@@ -83,7 +88,9 @@ pub struct MetricsLog {
     records: Vec<Record>,
 }
 
-fn read_records(path: &Path) -> Result<Vec<Record>> {
+/// Reads a `metrics.jsonl` log: an absent file is an empty log, and a line torn by a kill mid-write is
+/// skipped.
+pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use fgvc_backbone::{build, Backbone, BackboneKind, ResNet, ResNetConfig};
+use fgvc_backbone::{
+    build, Backbone, BackboneKind, MobileNetV2, MobileNetV2Config, ResNet, ResNetConfig,
+};
 use fgvc_ops::{ParamStore, Params};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +29,13 @@ pub struct ModelConfig {
     /// layout and names at a fraction of the cost, for CPU demos and tests; pretrained weights need 64.
     #[serde(default)]
     pub base_width: Option<usize>,
+    /// MobileNetV2 only: the width multiplier (torchvision: 1.0); 0.35-0.5 for CPU demos.
+    #[serde(default)]
+    pub width_mult: Option<f64>,
+    /// MobileNetV2 only: the stride of the first conv (torchvision: 2; RMG-PMSI's official backbone: 1,
+    /// which is that recipe's default when this is absent).
+    #[serde(default)]
+    pub first_stride: Option<usize>,
     /// Weights to start from (torchvision `.pth` or safetensors, names as torchvision's), loaded into the
     /// backbone; layers the file lacks keep their initialisation.
     #[serde(default)]
@@ -44,6 +53,8 @@ impl Default for ModelConfig {
         ModelConfig {
             backbone: default_backbone(),
             base_width: None,
+            width_mult: None,
+            first_stride: None,
             pretrained: None,
             dropout: 0.0,
             head_lr_mult: 1.0,
@@ -60,7 +71,37 @@ pub fn build_backbone(config: &ModelConfig, p: &Params) -> Result<Box<dyn Backbo
             .map_err(|e: fgvc_backbone::UnknownBackbone| {
                 TrainError::Msg(format!("model.backbone: {e}"))
             })?;
+    let mobilenet_shape = config.width_mult.is_some() || config.first_stride.is_some();
+    if mobilenet_shape && kind != BackboneKind::MobileNetV2 {
+        return Err(TrainError::Msg(format!(
+            "model.width_mult and model.first_stride apply to mobilenet_v2 only, not {}",
+            config.backbone
+        )));
+    }
     let net: Box<dyn Backbone> = match (kind, config.base_width) {
+        (BackboneKind::MobileNetV2, None) if mobilenet_shape => {
+            let width_mult = config.width_mult.unwrap_or(1.0);
+            if !(width_mult > 0.0 && width_mult.is_finite()) {
+                return Err(TrainError::Msg(format!(
+                    "model.width_mult must be a positive number, not {width_mult}"
+                )));
+            }
+            let first_stride = config.first_stride.unwrap_or(2);
+            if !(1..=2).contains(&first_stride) {
+                return Err(TrainError::Msg(format!(
+                    "model.first_stride must be 1 or 2, not {first_stride}"
+                )));
+            }
+            Box::new(MobileNetV2::new(
+                MobileNetV2Config {
+                    width_mult,
+                    first_stride,
+                    num_classes: None,
+                    dropout: 0.0,
+                },
+                p,
+            )?)
+        }
         (_, None) => build(kind, None, p)?,
         (
             BackboneKind::ResNet18

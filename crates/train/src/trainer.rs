@@ -266,6 +266,7 @@ impl Trainer {
                 (0.0, 0usize, 0usize, 0u64);
             let (mut epoch_loss, mut epoch_correct, mut epoch_seen) = (0.0, 0usize, 0usize);
             let mut interval_start = Instant::now();
+            let epoch_start = Instant::now();
             for (b, batch) in self.train.epoch(epoch as u64).enumerate() {
                 if b < skip {
                     continue;
@@ -340,10 +341,21 @@ impl Trainer {
                 }
             }
             // End of epoch: evaluate, select, checkpoint.
+            let epoch_seconds = epoch_start.elapsed().as_secs_f64();
             let train_loss = epoch_loss / (ipe - skip).max(1) as f64;
             let train_acc = epoch_correct as f64 / epoch_seen.max(1) as f64;
+            self.log.append(Record {
+                kind: "epoch".into(),
+                epoch,
+                step: self.state.step,
+                loss: Some(train_loss),
+                train_acc: Some(train_acc),
+                images_per_sec: Some(epoch_seen as f64 / epoch_seconds.max(1e-9)),
+                seconds: Some(epoch_seconds),
+                ..Default::default()
+            })?;
             let mut line = format!(
-                "epoch {}/{epochs}: train loss {train_loss:.4}, train acc {:.2}%",
+                "epoch {}/{epochs}: train loss {train_loss:.4}, train acc {:.2}%, {epoch_seconds:.1} s",
                 epoch + 1,
                 100.0 * train_acc
             );

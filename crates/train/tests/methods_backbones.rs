@@ -12,11 +12,14 @@ use fgvc_train::model::ModelConfig;
 use fgvc_train::Method;
 use methods_support::*;
 
-fn families() -> Vec<(ModelConfig, Option<f64>)> {
+fn families() -> Vec<ModelConfig> {
     vec![
-        (resnet_tiny(), None),
-        (model("vgg16_bn"), None),
-        (model("mobilenet_v2"), Some(0.25)),
+        resnet_tiny(),
+        model("vgg16_bn"),
+        ModelConfig {
+            width_mult: Some(0.25),
+            ..model("mobilenet_v2")
+        },
     ]
 }
 
@@ -39,11 +42,10 @@ fn check(method: &mut dyn Method, size: usize, main: &str, heads: usize) {
 
 #[test]
 fn pmg_and_rmg_pmsi_on_every_family() {
-    for (m, width) in families() {
+    for m in families() {
         let o = PmgOptions {
             feature_size: 8,
             block_channels: Some(8),
-            width_mult: width,
             ..PmgOptions::default()
         };
         check(
@@ -55,7 +57,6 @@ fn pmg_and_rmg_pmsi_on_every_family() {
         let o = RmgPmsiOptions {
             feature_size: 8,
             block_channels: Some(8),
-            width_mult: width,
             ..RmgPmsiOptions::default()
         };
         check(
@@ -69,11 +70,10 @@ fn pmg_and_rmg_pmsi_on_every_family() {
 
 #[test]
 fn dcl_and_coarse2fine_on_every_family() {
-    for (m, width) in families() {
+    for m in families() {
         let o = DclOptions {
             grid: 2,
             k: 1,
-            width_mult: width,
             ..DclOptions::default()
         };
         let normalize = fgvc_augment::transforms::Normalize::IMAGENET;
@@ -88,7 +88,6 @@ fn dcl_and_coarse2fine_on_every_family() {
             reduce_channels: 4,
             hidden_channels: 8,
             coarse_epochs: 5,
-            width_mult: width,
             ..Coarse2FineOptions::default()
         };
         check(

@@ -174,10 +174,9 @@ fn reads_the_three_deepest_stages() {
     let options = PmgOptions {
         feature_size: 8,
         block_channels: Some(8),
-        width_mult: Some(0.25),
         ..PmgOptions::default()
     };
-    let m = Pmg::new(&model("mobilenet_v2"), options, 3, store(5)).unwrap();
+    let m = Pmg::new(&mobilenet_quarter(), options, 3, store(5)).unwrap();
     // features[4:7] (32 x 0.25 -> 8), features[7:14] (96 x 0.25 -> 24), features[14:] (1280).
     assert_eq!(m.head().config().in_channels, vec![8, 24, 1280]);
 }

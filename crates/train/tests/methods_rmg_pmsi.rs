@@ -4,6 +4,7 @@
 mod methods_support;
 
 use fgvc_train::methods::rmg_pmsi::{RmgPmsi, RmgPmsiOptions};
+use fgvc_train::model::ModelConfig;
 use fgvc_train::optim::ZeroGrad;
 use fgvc_train::Method;
 use methods_support::*;
@@ -12,10 +13,9 @@ fn tiny_rmg(seed: u64) -> RmgPmsi {
     let options = RmgPmsiOptions {
         feature_size: 8,
         block_channels: Some(12),
-        width_mult: Some(0.25),
         ..RmgPmsiOptions::default()
     };
-    RmgPmsi::new(&model("mobilenet_v2"), options, 3, store(seed)).unwrap()
+    RmgPmsi::new(&mobilenet_quarter(), options, 3, store(seed)).unwrap()
 }
 
 #[test]
@@ -24,12 +24,13 @@ fn mobilenet_v2_has_the_official_stride_one_stem() {
     assert_eq!(rmg.backbone().stage_strides(), vec![1, 2, 4, 8, 16]);
     assert_eq!(rmg.head().config().in_channels, vec![8, 24, 1280]);
     let standard = RmgPmsi::new(
-        &model("mobilenet_v2"),
+        &ModelConfig {
+            first_stride: Some(2),
+            ..mobilenet_quarter()
+        },
         RmgPmsiOptions {
             feature_size: 8,
             block_channels: Some(8),
-            width_mult: Some(0.25),
-            first_stride: Some(2),
             ..RmgPmsiOptions::default()
         },
         3,

@@ -50,10 +50,6 @@ pub struct Coarse2FineOptions {
     pub fine_weight: f64,
     /// Learning rate of the heads over `optim.lr` (WS-DAN: 1, one rate for everything).
     pub head_lr_mult: f64,
-    /// MobileNetV2 width multiplier (torchvision 1.0).
-    pub width_mult: Option<f64>,
-    /// MobileNetV2 stem stride (torchvision 2).
-    pub first_stride: Option<usize>,
 }
 
 impl Default for Coarse2FineOptions {
@@ -68,8 +64,6 @@ impl Default for Coarse2FineOptions {
             coarse_weight: 1.0,
             fine_weight: 1.0,
             head_lr_mult: 1.0,
-            width_mult: None,
-            first_stride: None,
         }
     }
 }
@@ -129,7 +123,7 @@ impl Coarse2FineMethod {
     ) -> Result<Self> {
         options.validate()?;
         let root = store.root();
-        let backbone = build_backbone(model, options.width_mult, options.first_stride, &root)?;
+        let backbone = build_backbone(model, &root)?;
         let cfg = Coarse2FineConfig {
             in_channels: *backbone.stage_channels().last().unwrap_or(&0),
             num_attentions: options.num_attentions,

@@ -110,10 +110,6 @@ pub struct DclOptions {
     pub prediction: DclPrediction,
     /// Learning rate of the heads over `optim.lr` (official `cls_lr_ratio` 10).
     pub head_lr_mult: f64,
-    /// MobileNetV2 width multiplier (torchvision 1.0).
-    pub width_mult: Option<f64>,
-    /// MobileNetV2 stem stride (torchvision 2).
-    pub first_stride: Option<usize>,
 }
 
 impl Default for DclOptions {
@@ -130,8 +126,6 @@ impl Default for DclOptions {
             gamma: 1.0,
             prediction: DclPrediction::Classifier,
             head_lr_mult: 10.0,
-            width_mult: None,
-            first_stride: None,
         }
     }
 }
@@ -221,7 +215,7 @@ impl Dcl {
     ) -> Result<Self> {
         options.validate()?;
         let root = store.root();
-        let backbone = build_backbone(model, options.width_mult, options.first_stride, &root)?;
+        let backbone = build_backbone(model, &root)?;
         let channels = backbone.stage_channels();
         let cfg = DclConfig {
             in_channels: *channels.last().unwrap_or(&0),

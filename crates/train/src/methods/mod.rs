@@ -17,8 +17,8 @@
 //!   Coarse2Fine) read the deepest stage.
 //! * The new layers train at `head_lr_mult` (official: 10) times `optim.lr`, which is the backbone's rate
 //!   ([`backbone_and_head_groups`]).
-//! * The MobileNetV2 shape comes from the method options `width_mult` and `first_stride`, since
-//!   `[model]` has no such fields ([`build_backbone`]).
+//! * The backbone comes from `[model]` ([`crate::model::build_backbone`]), including MobileNetV2's
+//!   `width_mult` and `first_stride`, so a recipe and the baseline train the same network.
 
 pub mod coarse2fine;
 pub mod dcl;
@@ -26,12 +26,12 @@ pub mod pmg;
 pub mod rmg_pmsi;
 
 use candle_core::{DType, Tensor, D};
-use fgvc_backbone::{Backbone, BackboneKind, MobileNetV2, MobileNetV2Config};
-use fgvc_ops::{ParamStore, Params};
+use fgvc_ops::ParamStore;
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
 use crate::error::{Result, TrainError};
+pub(crate) use crate::model::build_backbone;
 use crate::model::ModelConfig;
 use crate::optim::GroupSpec;
 
@@ -102,59 +102,6 @@ pub(crate) fn reject_model_head_lr_mult(model: &ModelConfig, method: &str) -> Re
         });
     }
     Ok(())
-}
-
-/// Builds the headless backbone of `model` under `p`. For MobileNetV2, `width_mult` and `first_stride`
-/// (method options) override torchvision's 1.0 and 2; RMG-PMSI's official backbone has a stride-1 stem.
-/// Pretrained weights (`model.pretrained`) are loaded either way.
-pub fn build_backbone(
-    model: &ModelConfig,
-    width_mult: Option<f64>,
-    first_stride: Option<usize>,
-    p: &Params,
-) -> Result<Box<dyn Backbone>> {
-    if width_mult.is_none() && first_stride.is_none() {
-        return crate::model::build_backbone(model, p);
-    }
-    let kind: BackboneKind =
-        model
-            .backbone
-            .parse()
-            .map_err(|e: fgvc_backbone::UnknownBackbone| {
-                TrainError::Msg(format!("model.backbone: {e}"))
-            })?;
-    if kind != BackboneKind::MobileNetV2 {
-        return Err(TrainError::Msg(format!(
-            "method.options.width_mult and first_stride apply to mobilenet_v2 only, not {}",
-            model.backbone
-        )));
-    }
-    if model.base_width.is_some() {
-        return Err(TrainError::Msg(
-            "model.base_width applies to ResNets only, not mobilenet_v2".into(),
-        ));
-    }
-    let cfg = MobileNetV2Config {
-        width_mult: width_mult.unwrap_or(1.0),
-        first_stride: first_stride.unwrap_or(2),
-        num_classes: None,
-        dropout: 0.0,
-    };
-    let net = MobileNetV2::new(cfg, p)?;
-    if let Some(path) = &model.pretrained {
-        let report = fgvc_backbone::weights::load_into(
-            p.store(),
-            path,
-            &fgvc_backbone::weights::LoadOptions::new(),
-        )
-        .map_err(|e| {
-            TrainError::Msg(format!(
-                "model.pretrained: {e}\n(download torchvision weights with `cargo xtask weights`)"
-            ))
-        })?;
-        tracing::info!("{report}");
-    }
-    Ok(Box::new(net))
 }
 
 /// The default parameter groups of a recipe: `heads` (everything under [`HEAD_PREFIX`]) at

@@ -54,10 +54,6 @@ pub struct PmgOptions {
     pub block_channels: Option<usize>,
     /// Learning rate of the heads over `optim.lr` (official 0.002 / 0.0002 = 10).
     pub head_lr_mult: f64,
-    /// MobileNetV2 width multiplier (torchvision 1.0).
-    pub width_mult: Option<f64>,
-    /// MobileNetV2 stem stride (torchvision 2).
-    pub first_stride: Option<usize>,
 }
 
 impl Default for PmgOptions {
@@ -69,8 +65,6 @@ impl Default for PmgOptions {
             feature_size: 512,
             block_channels: None,
             head_lr_mult: 10.0,
-            width_mult: None,
-            first_stride: None,
         }
     }
 }
@@ -129,7 +123,7 @@ impl Pmg {
     ) -> Result<Self> {
         options.validate()?;
         let root = store.root();
-        let backbone = build_backbone(model, options.width_mult, options.first_stride, &root)?;
+        let backbone = build_backbone(model, &root)?;
         let channels = backbone.stage_channels();
         let deepest = *channels.last().unwrap_or(&0);
         let cfg = PmgConfig::last_stages(

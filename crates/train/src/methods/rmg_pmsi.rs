@@ -14,7 +14,7 @@
 //! * The freeze is the engine's: the `backbone` group of [`RmgPmsi::default_groups`] has
 //!   `freeze_epochs = 5`, so the optimiser skips it (no update, no momentum, no decay) while its gradients
 //!   are still computed and its BatchNorm statistics still move, as in the official code.
-//! * The MobileNetV2 stem has stride 1 (`MobilenetV2_for_PMSI`), unless `first_stride` says otherwise.
+//! * The MobileNetV2 stem has stride 1 (`MobilenetV2_for_PMSI`), unless `model.first_stride` says otherwise.
 //! * MSI couples all three stages, so every step's loss reaches every block and the whole backbone; only the
 //!   classifiers are step-specific.
 //! * PyTorch < 2.0 `zero_grad` semantics ([`ZeroGrad::Zero`]).
@@ -61,10 +61,6 @@ pub struct RmgPmsiOptions {
     pub backbone_freeze_epochs: usize,
     /// Learning rate of the heads over `optim.lr` (official 3e-3 / 3e-4 = 10).
     pub head_lr_mult: f64,
-    /// MobileNetV2 width multiplier (torchvision 1.0).
-    pub width_mult: Option<f64>,
-    /// MobileNetV2 stem stride; absent means the official 1 (`MobilenetV2_for_PMSI`), 2 is torchvision's.
-    pub first_stride: Option<usize>,
 }
 
 impl Default for RmgPmsiOptions {
@@ -77,8 +73,6 @@ impl Default for RmgPmsiOptions {
             dropout: 0.5,
             backbone_freeze_epochs: 5,
             head_lr_mult: 10.0,
-            width_mult: None,
-            first_stride: None,
         }
     }
 }
@@ -151,12 +145,12 @@ impl RmgPmsi {
                     TrainError::Msg(format!("model.backbone: {e}"))
                 })?;
         // The official backbone is MobileNetV2 with a stride-1 stem.
-        let first_stride = match (kind, options.first_stride) {
-            (BackboneKind::MobileNetV2, None) => Some(1),
-            (_, s) => s,
-        };
+        let mut model = model.clone();
+        if kind == BackboneKind::MobileNetV2 && model.first_stride.is_none() {
+            model.first_stride = Some(1);
+        }
         let root = store.root();
-        let backbone = build_backbone(model, options.width_mult, first_stride, &root)?;
+        let backbone = build_backbone(&model, &root)?;
         let channels = backbone.stage_channels();
         let deepest = *channels.last().unwrap_or(&0);
         let mut cfg = PmsiConfig::last_stages(

@@ -34,6 +34,14 @@ pub fn model(backbone: &str) -> ModelConfig {
     }
 }
 
+/// MobileNetV2 at a quarter of the width (stem stride left to the recipe).
+pub fn mobilenet_quarter() -> ModelConfig {
+    ModelConfig {
+        width_mult: Some(0.25),
+        ..model("mobilenet_v2")
+    }
+}
+
 /// A fresh store with `seed`.
 pub fn store(seed: u64) -> ParamStore {
     ParamStore::new(seed, DType::F32, &Device::Cpu)
