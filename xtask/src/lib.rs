@@ -1,9 +1,12 @@
 //! The library behind `cargo xtask`: the download table, resumable verified downloads, safe archive
-//! extraction, dataset placement and pretrained-weight conversion. `src/main.rs` is the command line.
+//! extraction, dataset placement, pretrained-weight conversion and `train-cub` ([`train_cub`]: fetch,
+//! train, evaluate and compare with the paper). `src/main.rs` is the command line.
 
 pub mod catalog;
 pub mod download;
 pub mod extract;
+pub mod synthetic_table;
+pub mod train_cub;
 
 use std::fs;
 use std::path::{Path, PathBuf};

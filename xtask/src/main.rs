@@ -3,10 +3,17 @@
 //! - `download cub|aircraft|cars|all`: datasets, verified and unpacked under `data/`;
 //! - `weights <model>...|all` and `weights convert IN OUT`: torchvision ImageNet checkpoints as safetensors
 //!   under `data/weights/`;
-//! - `bench [augment|data|ops|backbones|all]`: the criterion benchmarks.
+//! - `bench [augment|data|ops|backbones|methods|all] [--device cpu|cuda|metal] [--vs-pytorch]`: the
+//!   criterion benchmarks, and the backbone and method workloads (images/s and peak memory, as JSON and a
+//!   markdown table, next to PyTorch's with `--vs-pytorch`); see `bench.rs`;
+//! - `train-cub [--method ..] [--backbone ..] [--device cpu|cuda|metal] [--epochs N]`: fetch, train,
+//!   evaluate, compare with the paper;
+//! - `synthetic-table`: the baseline and every method on the synthetic dataset with one budget (the table
+//!   in docs/methods.md).
+
+mod bench;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -22,15 +29,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Run benchmarks (criterion) and print their reports; numbers go to docs/performance.md by hand.
-    Bench {
-        /// Which benchmark suite to run.
-        #[arg(value_enum, default_value_t = Suite::All)]
-        suite: Suite,
-        /// Extra arguments for criterion, e.g. a filter such as `jigsaw`.
-        #[arg(last = true)]
-        criterion_args: Vec<String>,
-    },
+    /// Run benchmarks: criterion suites, and the backbone and method workloads (images/s, peak memory; JSON
+    /// and markdown under <target>/bench/, optionally next to PyTorch's). Numbers go to
+    /// docs/performance.md by hand.
+    Bench(bench::BenchArgs),
     /// Download, verify (size, md5, sha256) and unpack datasets; interrupted downloads resume.
     Download {
         /// Which dataset.
@@ -49,6 +51,12 @@ enum Task {
     },
     /// torchvision ImageNet weights as safetensors (`<dir>/<model>.safetensors`), or `convert` a file.
     Weights(WeightsArgs),
+    /// The baseline and every method trained with the same budget on the synthetic dataset, on ResNet-18
+    /// and MobileNetV2: test accuracy and time per epoch as the table in docs/methods.md.
+    SyntheticTable(xtask::synthetic_table::SyntheticTableArgs),
+    /// Train a method on CUB-200-2011 with its reproduction config (fetching the dataset and weights if
+    /// missing), evaluate, and print the result next to the paper's.
+    TrainCub(xtask::train_cub::TrainCubArgs),
 }
 
 #[derive(Args)]
@@ -113,44 +121,11 @@ enum ModelArg {
     All,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Suite {
-    /// Destructions and transforms (`fgvc-augment`).
-    Augment,
-    /// Decode and augmentation throughput of the loader (`fgvc-data`).
-    Data,
-    /// Conv, pooling and BatchNorm kernels (`fgvc-ops`, bench `ops`).
-    Ops,
-    /// Backbone eval forward and train step, images/s and peak memory (`fgvc-backbone`, example
-    /// `bench_backbones`, one process per workload).
-    Backbones,
-    /// Everything above that exists.
-    All,
-}
-
-/// The benchmark suites: package, its directory, and the bench target (`None`: all of the package's).
-const SUITES: &[(Suite, &str, &str, Option<&str>)] = &[
-    (Suite::Augment, "fgvc-augment", "crates/augment", None),
-    (Suite::Data, "fgvc-data", "crates/data", None),
-    (Suite::Ops, "fgvc-ops", "crates/ops", Some("ops")),
-];
-
-/// The backbone workloads of `bench backbones`: model, input side, batch, mode, timed iterations.
-const BACKBONE_WORKLOADS: &[(&str, usize, usize, &str, usize)] = &[
-    ("resnet50", 224, 8, "eval", 3),
-    ("resnet50", 224, 8, "train", 3),
-    ("mobilenet_v2", 224, 8, "eval", 3),
-    ("mobilenet_v2", 224, 8, "train", 3),
-    ("resnet50", 448, 2, "eval", 3),
-    ("resnet50", 448, 2, "train", 3),
-];
-
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Bench {
-            suite,
-            criterion_args,
-        } => bench(suite, &criterion_args),
+        Task::Bench(args) => bench::run(&args),
+        Task::SyntheticTable(args) => xtask::synthetic_table::run(&args),
+        Task::TrainCub(args) => xtask::train_cub::run(&args),
         Task::Download {
             dataset,
             dir,
@@ -247,101 +222,6 @@ fn weights(args: WeightsArgs) -> Result<()> {
         let report = xtask::check_weights(name, &out)
             .with_context(|| format!("{} does not match fgvc-backbone's {name}", out.display()))?;
         println!("{name}: {report}");
-    }
-    Ok(())
-}
-
-fn bench(suite: Suite, criterion_args: &[String]) -> Result<()> {
-    let root = xtask::workspace_root();
-    let chosen: Vec<_> = SUITES
-        .iter()
-        .filter(|(s, ..)| suite == Suite::All || *s == suite)
-        .collect();
-    if suite == Suite::Backbones || suite == Suite::All {
-        bench_backbones()?;
-        if suite == Suite::Backbones {
-            return Ok(());
-        }
-    }
-    for (_, package, dir, target) in chosen {
-        let missing = match target {
-            Some(t) => !root
-                .join(dir)
-                .join("benches")
-                .join(format!("{t}.rs"))
-                .exists(),
-            None => !root.join(dir).join("benches").is_dir(),
-        };
-        if missing {
-            let what = target
-                .map(|t| format!("bench `{t}` (benches/{t}.rs)"))
-                .unwrap_or("benchmarks".into());
-            let msg = format!("{package} has no {what} yet in {dir}");
-            if suite == Suite::All {
-                eprintln!("skipping: {msg}");
-                continue;
-            }
-            bail!("{msg}");
-        }
-        run_bench(package, *target, criterion_args)?;
-    }
-    Ok(())
-}
-
-/// Builds the `bench_backbones` example once, then runs each workload in its own process so that each
-/// peak-memory figure is that workload's alone.
-fn bench_backbones() -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "fgvc-backbone",
-            "--example",
-            "bench_backbones",
-        ])
-        .status()
-        .context("could not start cargo build for the bench_backbones example")?;
-    if !status.success() {
-        bail!("building the bench_backbones example failed with {status}");
-    }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| xtask::workspace_root().join("target"));
-    let exe = target_dir.join("release/examples/bench_backbones");
-    for (model, size, batch, mode, iters) in BACKBONE_WORKLOADS {
-        let status = Command::new(&exe)
-            .args([
-                model.to_string(),
-                size.to_string(),
-                batch.to_string(),
-                mode.to_string(),
-                iters.to_string(),
-            ])
-            .status()
-            .with_context(|| format!("could not run {}", exe.display()))?;
-        if !status.success() {
-            bail!("bench_backbones {model} {size} {batch} {mode} failed with {status}");
-        }
-    }
-    Ok(())
-}
-
-fn run_bench(package: &str, target: Option<&str>, criterion_args: &[String]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["bench", "--package", package]);
-    if let Some(t) = target {
-        cmd.args(["--bench", t]);
-    }
-    let status = cmd
-        .arg("--")
-        .args(criterion_args)
-        .status()
-        .with_context(|| format!("could not start cargo bench for {package}"))?;
-    if !status.success() {
-        bail!("cargo bench --package {package} failed with {status}");
     }
     Ok(())
 }

@@ -2,13 +2,15 @@
 //! in training mode, cross-entropy, backward, plain SGD update of every parameter).
 //!
 //! ```sh
-//! cargo run --release -p fgvc-backbone --example bench_backbones -- resnet50 224 8 train 3
+//! cargo run --release -p fgvc-backbone --example bench_backbones -- resnet50 224 8 train 3 [--device cpu|cuda|metal]
 //! #                                                                 model    size batch mode iters
 //! ```
 //!
-//! Prints one line: model, size, batch, mode, seconds per iteration (mean after one warm-up), images/s and
-//! the process's peak resident memory (VmHWM). Run one configuration per process so that the peak is its
-//! own; `benches/backbones_torch.py` prints the same line for PyTorch.
+//! Prints a readable line on stderr (model, size, batch, mode, seconds per iteration, images/s, peak memory)
+//! and one JSON line on stdout with the same fields (`median_s`, `mean_s` after one warm-up, `images_per_s`
+//! = batch / median, `peak_rss_mib` = the process's VmHWM). Run one configuration per process so that the peak
+//! is its own; `benches/backbones_torch.py` prints the same fields for PyTorch, and `cargo xtask bench
+//! backbones` runs both. On CUDA or Metal build with `--features cuda` / `--features metal`.
 
 use std::time::Instant;
 
@@ -31,10 +33,41 @@ fn peak_rss_mib() -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// A JSON number, or `null` when not finite.
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".into()
+    }
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // As the `fgvc` binary does: freed activation buffers are reused instead of page-faulted in each step.
+    fgvc_ops::tune_allocator();
+    let usage = "usage: bench_backbones <model> <size> <batch> <eval|train> <iters> [--device cpu|cuda|metal]";
+    let mut args = Vec::new();
+    let mut device = "cpu".to_string();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--device" {
+            device = it.next().context(usage)?;
+        } else {
+            args.push(a);
+        }
+    }
     if args.len() != 5 {
-        bail!("usage: bench_backbones <model> <size> <batch> <eval|train> <iters>");
+        bail!("{usage}");
     }
     let kind: BackboneKind = args[0].parse()?;
     let size: usize = args[1].parse()?;
@@ -45,7 +78,12 @@ fn main() -> Result<()> {
         m => bail!("mode must be eval or train, got {m}"),
     };
     let iters: usize = args[4].parse()?;
-    let dev = Device::Cpu;
+    let dev = match device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("--device cuda: build with `--features cuda`")?,
+        "metal" => Device::new_metal(0).context("--device metal: build with `--features metal`")?,
+        d => bail!("--device must be cpu, cuda or metal, got {d}"),
+    };
     let store = ParamStore::new(0, DType::F32, &dev);
     let net = build(kind, Some(1000), &store.root())?;
     let n = batch * 3 * size * size;
@@ -78,16 +116,30 @@ fn main() -> Result<()> {
             let logits = net.forward_t(&x, false)?;
             logits.sum_all()?.to_scalar::<f32>()?;
         }
+        dev.synchronize()?;
         if it > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    let med = median(&times);
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let peak = peak_rss_mib()?;
+    let mode = &args[3];
+    eprintln!(
+        "candle {kind} {size} b{batch} {mode} on {device}: {med:.3} s/iter (median of {iters}, mean {mean:.3}), \
+         {:.2} img/s, peak RSS {peak:.0} MiB",
+        batch as f64 / med,
+    );
     println!(
-        "candle {kind} {size} b{batch} {}: {mean:.3} s/iter, {:.2} img/s, peak RSS {:.0} MiB",
-        args[3],
-        batch as f64 / mean,
-        peak_rss_mib()?
+        "{{\"suite\": \"backbones\", \"impl\": \"candle\", \"version\": \"candle 0.11.1\", \"model\": \"{kind}\", \
+         \"size\": {size}, \"batch\": {batch}, \"mode\": \"{mode}\", \"iters\": {iters}, \"threads\": {}, \
+         \"device\": \"{device}\", \"median_s\": {}, \"mean_s\": {}, \"images_per_s\": {}, \
+         \"peak_rss_mib\": {}, \"peak_device_mib\": null}}",
+        candle_core::utils::get_num_threads(),
+        num(med),
+        num(mean),
+        num(batch as f64 / med),
+        num(peak),
     );
     Ok(())
 }

@@ -1,0 +1,266 @@
+//! Time one full training step of a method: everything its `train_step` does for one batch, built through the
+//! same public API the trainer uses (`recipe::build_method` from a [`Config`], the optimiser from the
+//! method's default groups and `zero_grad`, a [`StepContext`]).
+//!
+//! ```sh
+//! cargo run --release -p fgvc-train --example bench_methods -- pmg resnet50 224 4 3 [--device cpu|cuda|metal]
+//! #                                                            method backbone size batch iters
+//! ```
+//!
+//! * The configuration is the method's reproduction file (`configs/pmg-resnet50-cub.toml`,
+//!   `dcl-resnet50-cub.toml`, `rmg-pmsi-mobilenet_v2-cub.toml`, `coarse2fine-resnet50-cub.toml`,
+//!   `baseline-resnet50-cub.toml`), so the official options and optimiser groups apply (PMG granularities 8/4/2 and four
+//!   steps, DCL's 7x7 grid and three losses on 2B interleaved images, RMG-PMSI mosaic levels 3/2/1 with the
+//!   stride-1 MobileNetV2 stem, Coarse2Fine's coarse + zoom + fine passes), with no pretrained weights
+//!   (random initialisation), `num_classes` 200, the given backbone and batch size.
+//! * The step is taken in the configuration's last epoch: Coarse2Fine is in its fine stage and RMG-PMSI's
+//!   backbone is no longer frozen, i.e. the steady-state step.
+//! * Inputs are random normal images and random labels. One warm-up step, then `iters` timed steps.
+//!
+//! Prints a readable line on stderr and one JSON line on stdout: median and mean seconds per step, images/s
+//! (the batch's original images over the median step), the optimiser steps per batch, the process's peak
+//! resident memory (VmHWM; host memory, also on a GPU). Run one configuration per process so that the peak is
+//! its own; `benches/methods_torch.py` prints the same fields for the official PyTorch step.
+//! The CPU thread count is candle's (`RAYON_NUM_THREADS`, default: all cores).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use fgvc_data::Batch;
+use fgvc_train::method::{Accumulator, StepContext};
+use fgvc_train::optim::ParamGroups;
+use fgvc_train::recipe::build_method;
+use fgvc_train::Config;
+use rand::{Rng, SeedableRng};
+
+/// The reproduction configuration of each method: `(method, file name, text)`.
+const CONFIGS: &[(&str, &str, &str)] = &[
+    (
+        "pmg",
+        "configs/pmg-resnet50-cub.toml",
+        include_str!("../../../configs/pmg-resnet50-cub.toml"),
+    ),
+    (
+        "dcl",
+        "configs/dcl-resnet50-cub.toml",
+        include_str!("../../../configs/dcl-resnet50-cub.toml"),
+    ),
+    (
+        "rmg-pmsi",
+        "configs/rmg-pmsi-mobilenet_v2-cub.toml",
+        include_str!("../../../configs/rmg-pmsi-mobilenet_v2-cub.toml"),
+    ),
+    (
+        "coarse2fine",
+        "configs/coarse2fine-resnet50-cub.toml",
+        include_str!("../../../configs/coarse2fine-resnet50-cub.toml"),
+    ),
+    (
+        "baseline",
+        "configs/baseline-resnet50-cub.toml",
+        include_str!("../../../configs/baseline-resnet50-cub.toml"),
+    ),
+];
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The method's reproduction configuration for `backbone`, `size` and `batch`, without pretrained weights.
+fn config_for(method: &str, backbone: &str, size: usize, batch: usize) -> Result<Config> {
+    let (_, origin, text) = CONFIGS
+        .iter()
+        .find(|(m, ..)| *m == method)
+        .with_context(|| {
+            let known: Vec<_> = CONFIGS.iter().map(|(m, ..)| *m).collect();
+            format!("unknown method {method:?} (known: {})", known.join(", "))
+        })?;
+    let overrides = [
+        format!("data.batch_size={batch}"),
+        format!("data.crop={size}"),
+    ];
+    let mut config = Config::parse(text, origin, &overrides)?;
+    config.model.pretrained = None;
+    if config.model.backbone != backbone {
+        // Widths tied to the file's backbone fall back to the official rule (half the deepest stage), and
+        // the shape options of the file's backbone go.
+        config.method.options.remove("block_channels");
+        if backbone == "mobilenet_v2" {
+            config.model.base_width = None;
+        } else {
+            config.model.width_mult = None;
+            config.model.first_stride = None;
+        }
+        config.model.backbone = backbone.to_string();
+    }
+    Ok(config)
+}
+
+fn device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context(
+            "--device cuda: build with `--features cuda` and check that a CUDA GPU is visible",
+        )?,
+        "metal" => Device::new_metal(0)
+            .context("--device metal: build with `--features metal` on macOS")?,
+        other => bail!("--device must be cpu, cuda or metal, got {other}"),
+    })
+}
+
+fn main() -> Result<()> {
+    // As the `fgvc` binary does: freed activation buffers are reused instead of page-faulted in each step.
+    fgvc_ops::tune_allocator();
+    let usage = "usage: bench_methods <method> <backbone> <size> <batch> <iters> [--device cpu|cuda|metal] \
+                 [--classes N]";
+    let mut positional = Vec::new();
+    let mut device_name = "cpu".to_string();
+    let mut classes = 200usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--device" => device_name = args.next().context(usage)?,
+            "--classes" => classes = args.next().context(usage)?.parse()?,
+            "-h" | "--help" => {
+                println!("{usage}");
+                return Ok(());
+            }
+            _ => positional.push(a),
+        }
+    }
+    if positional.len() != 5 {
+        bail!("{usage}");
+    }
+    let method_name = positional[0].as_str();
+    let backbone = positional[1].as_str();
+    let size: usize = positional[2].parse().context("size")?;
+    let batch: usize = positional[3].parse().context("batch")?;
+    let iters: usize = positional[4].parse().context("iters")?;
+    let dev = device(&device_name)?;
+
+    let config = config_for(method_name, backbone, size, batch)?;
+    let mut method = build_method(&config, classes, &dev)?;
+    // The optimiser exactly as `Trainer::with_method` builds it.
+    let specs = if config.optim.groups.is_empty() {
+        method.default_groups(config.optim.lr)
+    } else {
+        config.optim.groups.clone()
+    };
+    let groups = ParamGroups::new(
+        method.store().trainable(),
+        &specs,
+        config.optim.lr,
+        config.optim.weight_decay,
+    )?;
+    let zero_grad = config
+        .optim
+        .zero_grad
+        .unwrap_or_else(|| method.default_zero_grad());
+    let mut optimizer = config.optim.optimizer().build(groups, zero_grad)?;
+    let parameters: usize = method
+        .store()
+        .trainable()
+        .iter()
+        .filter(|(n, _)| !fgvc_ops::is_buffer(n))
+        .map(|(_, v)| v.elem_count())
+        .sum();
+    // The last epoch: past Coarse2Fine's coarse stage and RMG-PMSI's backbone freeze.
+    let epoch = config.train.epochs.saturating_sub(1);
+    optimizer.groups_mut().apply_freezing(epoch);
+    let mut accumulator = Accumulator::new(config.optim.accumulate);
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    let images = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &dev)?;
+    let labels: Vec<u32> = (0..batch)
+        .map(|_| rng.random_range(0..classes as u32))
+        .collect();
+    let batch_data = Batch {
+        images,
+        labels: Tensor::from_vec(labels, batch, &dev)?,
+        indices: (0..batch).collect(),
+    };
+
+    let mut times = Vec::with_capacity(iters);
+    let mut optimizer_steps = 0;
+    let mut loss = f64::NAN;
+    for it in 0..=iters {
+        let t0 = Instant::now();
+        let mut ctx = StepContext::new(
+            &mut *optimizer,
+            &mut accumulator,
+            config.optim.clip_grad_norm,
+            true,
+            config.seed,
+            epoch,
+            it as u64,
+        );
+        let stats = method.train_step(&batch_data, &mut ctx)?;
+        optimizer_steps = ctx.phase();
+        dev.synchronize()?;
+        let dt = t0.elapsed().as_secs_f64();
+        if !stats.loss.is_finite() {
+            bail!("non-finite loss {}", stats.loss);
+        }
+        loss = stats.loss;
+        if it > 0 {
+            times.push(dt);
+        }
+    }
+    let med = median(&times);
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let peak = peak_rss_mib();
+    let dev_label = match &dev {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    };
+    let finite = |x: f64| {
+        if x.is_finite() {
+            serde_json::json!(x)
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    let record = serde_json::json!({
+        "suite": "methods",
+        "impl": "candle",
+        "version": "candle 0.11.1",
+        "method": method_name,
+        "backbone": backbone,
+        "size": size,
+        "batch": batch,
+        "iters": iters,
+        "threads": candle_core::utils::get_num_threads(),
+        "device": dev_label,
+        "parameters": parameters,
+        "optimizer_steps": optimizer_steps,
+        "median_s": finite(med),
+        "mean_s": finite(mean),
+        "images_per_s": finite(batch as f64 / med),
+        "peak_rss_mib": peak,
+        "peak_device_mib": serde_json::Value::Null,
+        "loss": finite(loss),
+    });
+    eprintln!(
+        "candle {method_name} {backbone} {size} b{batch} on {dev_label}: {med:.3} s/step (median of {iters}, \
+         mean {mean:.3}), {:.2} img/s, {optimizer_steps} optimiser steps, peak RSS {:.0} MiB, loss {loss:.3}",
+        batch as f64 / med,
+        peak.unwrap_or(f64::NAN)
+    );
+    println!("{record}");
+    Ok(())
+}
