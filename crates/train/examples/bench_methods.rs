@@ -29,8 +29,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use fgvc_data::Batch;
 use fgvc_train::method::{Accumulator, StepContext};
-use fgvc_train::optim::ParamGroups;
-use fgvc_train::recipe::build_method;
+use fgvc_train::recipe::{build_method, build_optimizer};
 use fgvc_train::Config;
 use rand::{Rng, SeedableRng};
 
@@ -154,23 +153,8 @@ fn main() -> Result<()> {
 
     let config = config_for(method_name, backbone, size, batch)?;
     let mut method = build_method(&config, classes, &dev)?;
-    // The optimiser exactly as `Trainer::with_method` builds it.
-    let specs = if config.optim.groups.is_empty() {
-        method.default_groups(config.optim.lr)
-    } else {
-        config.optim.groups.clone()
-    };
-    let groups = ParamGroups::new(
-        method.store().trainable(),
-        &specs,
-        config.optim.lr,
-        config.optim.weight_decay,
-    )?;
-    let zero_grad = config
-        .optim
-        .zero_grad
-        .unwrap_or_else(|| method.default_zero_grad());
-    let mut optimizer = config.optim.optimizer().build(groups, zero_grad)?;
+    // The optimiser exactly as the trainer builds it.
+    let mut optimizer = build_optimizer(&config, &*method)?;
     let parameters: usize = method
         .store()
         .trainable()

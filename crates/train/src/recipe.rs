@@ -7,6 +7,7 @@ use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::error::{Result, TrainError};
 use crate::method::Method;
+use crate::optim::{Optimizer, ParamGroups};
 
 /// The names [`build_method`] knows.
 pub const METHODS: &[&str] = &["baseline", "pmg", "dcl", "rmg-pmsi", "coarse2fine"];
@@ -51,4 +52,26 @@ pub fn build_method(
             METHODS.join(", ")
         ))),
     }
+}
+
+/// The optimiser a run trains `method` with: `[[optim.groups]]` when the configuration has them, else the
+/// method's own groups ([`Method::default_groups`]), and `optim.zero_grad` or the method's default semantics.
+/// The trainer and the benchmarks build it here, so a benchmarked step is the trained one.
+pub fn build_optimizer(config: &Config, method: &dyn Method) -> Result<Box<dyn Optimizer>> {
+    let specs = if config.optim.groups.is_empty() {
+        method.default_groups(config.optim.lr)
+    } else {
+        config.optim.groups.clone()
+    };
+    let groups = ParamGroups::new(
+        method.store().trainable(),
+        &specs,
+        config.optim.lr,
+        config.optim.weight_decay,
+    )?;
+    let zero_grad = config
+        .optim
+        .zero_grad
+        .unwrap_or_else(|| method.default_zero_grad());
+    config.optim.optimizer().build(groups, zero_grad)
 }

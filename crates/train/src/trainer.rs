@@ -15,9 +15,9 @@ use crate::error::{Result, TrainError};
 use crate::eval::{evaluate, EvalReport};
 use crate::method::{Accumulator, Method, StepContext};
 use crate::metrics::{MetricsLog, Record};
-use crate::optim::{Optimizer, ParamGroups};
+use crate::optim::Optimizer;
 use crate::plot::run_charts;
-use crate::recipe::build_method;
+use crate::recipe::{build_method, build_optimizer};
 use crate::run_dir::{atomic_write, RunDir};
 use crate::schedule::Schedule;
 
@@ -102,22 +102,7 @@ impl Trainer {
         options: TrainOptions,
     ) -> Result<Self> {
         let run = RunDir::create(run_dir)?;
-        let specs = if config.optim.groups.is_empty() {
-            method.default_groups(config.optim.lr)
-        } else {
-            config.optim.groups.clone()
-        };
-        let groups = ParamGroups::new(
-            method.store().trainable(),
-            &specs,
-            config.optim.lr,
-            config.optim.weight_decay,
-        )?;
-        let zero_grad = config
-            .optim
-            .zero_grad
-            .unwrap_or_else(|| method.default_zero_grad());
-        let mut optimizer = config.optim.optimizer().build(groups, zero_grad)?;
+        let mut optimizer = build_optimizer(&config, &*method)?;
         let train = train_loader(&config, splits.train.clone(), device)?;
         let test = eval_loader(&config, splits.test.clone(), device)?;
         let select_loader = match config.train.select {
