@@ -2,16 +2,19 @@
 //! started by each test (plain `std::net`, serving bytes with or without `Range` support, optionally
 //! dropping the connection part-way).
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use support::quiet;
 use xtask::catalog::{Artifact, DatasetSpec, Unpack, WeightsSpec};
-use xtask::download::{part_path, Downloader, Expected};
+use xtask::download::{part_path, Expected};
 use xtask::extract::extract_tar_gz;
 
 #[derive(Clone)]
@@ -135,18 +138,7 @@ fn expected_for(body: &[u8]) -> Expected {
 }
 
 fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("xtask-tests")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn quiet() -> Downloader {
-    let mut dl = Downloader::new();
-    dl.quiet = true;
-    dl
+    support::scratch("xtask-tests", test)
 }
 
 fn route(body: &[u8], ranges: bool) -> Route {

@@ -3,6 +3,8 @@
 //! the whole plan on a tiny fake CUB-200-2011 (real JPEGs and index files, opened with `fgvc-train`'s data
 //! code) down to the exact cargo command.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -12,7 +14,7 @@ use fgvc_train::eval::{EvalReport, HeadReport};
 use fgvc_train::metrics::{MetricsLog, Record};
 use fgvc_train::run_dir::RunDir;
 use fgvc_train::Config;
-use xtask::download::Downloader;
+use support::quiet;
 use xtask::train_cub::{
     cub_problem, fetch, format_comparison, paper_result, read_result, BackboneArg, MethodArg,
     Missing, Plan, TrainCubArgs, CUB_FILES,
@@ -42,18 +44,7 @@ fn shown(path: &Path) -> String {
 }
 
 fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("xtask-train-cub")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn quiet() -> Downloader {
-    let mut dl = Downloader::new();
-    dl.quiet = true;
-    dl
+    support::scratch("xtask-train-cub", test)
 }
 
 fn plan(words: &[&str]) -> Plan {
