@@ -119,15 +119,8 @@ pub fn config_for(
     Ok(toml::to_string(&table)?)
 }
 
-/// The name of the main prediction in a run's `eval-test.json` (its first head).
-pub fn main_head(run_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(run_dir.join("eval-test.json")).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json["heads"][0]["name"].as_str().map(str::to_string)
-}
-
 /// Summarises a finished run's log; `None` while it has no `test` record. `main` names the main prediction
-/// (see [`main_head`]).
+/// (the first head of its `eval-test.json`, as [`crate::train_cub::read_result`] reads it).
 pub fn summarize(method: &str, backbone: &str, main: &str, records: &[Record]) -> Option<Row> {
     let test = records.iter().rev().find(|r| r.kind == "test")?;
     let best = records
@@ -259,7 +252,9 @@ pub fn run(args: &SyntheticTableArgs) -> Result<()> {
         let run_dir = out.join(&name);
         let log = run_dir.join("metrics.jsonl");
         let summary = |records: &[Record]| {
-            let main = main_head(&run_dir).unwrap_or_else(|| "?".into());
+            let main = crate::train_cub::read_result(&run_dir)
+                .map(|r| r.head)
+                .unwrap_or_else(|_| "?".into());
             summarize(&method, &backbone, &main, records)
         };
         let finished = summary(&read_records(&log)?);

@@ -22,7 +22,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use fgvc_train::config::Selection;
-use fgvc_train::metrics::Record;
+use fgvc_train::metrics::{read_records, Record};
 use fgvc_train::Config;
 
 use crate::catalog;
@@ -479,12 +479,7 @@ impl Missing {
 /// Why the CUB root `root` cannot be used yet, or `None` when it can. Like `fgvc-data`, `root` may also be
 /// the folder holding `CUB_200_2011/`.
 pub fn cub_problem(root: &Path) -> Option<String> {
-    let nested = root.join("CUB_200_2011");
-    let dir = if !root.join("images.txt").exists() && nested.join("images.txt").exists() {
-        nested
-    } else {
-        root.to_path_buf()
-    };
+    let dir = fgvc_data::cub::resolve_root(root);
     if !dir.is_dir() {
         return Some("does not exist".into());
     }
@@ -995,12 +990,12 @@ pub struct RunResult {
 /// selected epoch.
 pub fn read_result(dir: &Path) -> Result<RunResult> {
     let metrics = dir.join("metrics.jsonl");
-    let text = fs::read_to_string(&metrics)
-        .with_context(|| format!("reading {} (did the run start?)", metrics.display()))?;
-    let test: Record = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+    if !metrics.is_file() {
+        bail!("{} does not exist (did the run start?)", metrics.display());
+    }
+    let test: Record = read_records(&metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?
+        .into_iter()
         .rfind(|r| r.kind == "test")
         .with_context(|| {
             format!(
