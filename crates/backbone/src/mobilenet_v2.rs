@@ -1,7 +1,9 @@
 //! MobileNetV2 as torchvision builds it, with a width multiplier and a configurable stem stride.
 
 use candle_core::{Module, Result, Tensor};
-use fgvc_ops::{global_avg_pool, relu6, BatchNorm, Conv2d, Conv2dConfig, Init, Linear, Params};
+use fgvc_ops::{
+    global_avg_pool, Activation, BatchNorm, Conv2d, Conv2dConfig, Init, Linear, Params,
+};
 
 use crate::backbone::{Backbone, StageInfo};
 use fgvc_ops::Dropout;
@@ -95,12 +97,18 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
-        if self.act {
-            relu6(&y)
+        self.forward_with(x, None, train)
+    }
+
+    /// `act(bn(conv(x)) + residual)`, the add and activation fused into the BatchNorm.
+    fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let act = if self.act {
+            Activation::Relu6
         } else {
-            Ok(y)
-        }
+            Activation::Identity
+        };
+        self.bn
+            .forward_act(&self.conv.forward(x)?, residual, act, train)
     }
 }
 
@@ -158,15 +166,14 @@ impl InvertedResidual {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (project, rest) = self.layers.split_last().expect("a projection layer");
         let mut y = x.clone();
-        for l in &self.layers {
+        for l in rest {
             y = l.forward_t(&y, train)?;
         }
-        if self.residual {
-            x + y
-        } else {
-            Ok(y)
-        }
+        // The projection's BatchNorm adds the shortcut in its own pass.
+        let residual = self.residual.then_some(x);
+        project.forward_with(&y, residual, train)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use fgvc_ops::{
-    global_avg_pool, max_pool2d, BatchNorm, Conv2d, Conv2dConfig, Init, Linear, Params,
+    global_avg_pool, max_pool2d, Activation, BatchNorm, Conv2d, Conv2dConfig, Init, Linear, Params,
 };
 
 use crate::backbone::{Backbone, StageInfo};
@@ -140,19 +140,18 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, (c, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward_t(&c.forward(&y)?, train)?;
-            if i != last {
-                y = y.relu()?;
-            }
-        }
         let identity = match &self.downsample {
             Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
             None => x.clone(),
         };
-        (y + identity)?.relu()
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, (c, bn)) in self.convs.iter().enumerate() {
+            // Conv-BN-ReLU, and at the end relu(bn(conv(y)) + identity), each BN with its epilogue in one op.
+            let residual = (i == last).then_some(&identity);
+            y = bn.forward_act(&c.forward(&y)?, residual, Activation::Relu, train)?;
+        }
+        Ok(y)
     }
 }
 
@@ -276,7 +275,9 @@ impl Backbone for ResNet {
     }
 
     fn forward_stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let stem = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let stem = self
+            .bn1
+            .forward_act(&self.conv1.forward(x)?, None, Activation::Relu, train)?;
         let mut y = max_pool2d(&stem, 3, 2, 1)?;
         let mut out = Vec::with_capacity(5);
         out.push(y.clone());

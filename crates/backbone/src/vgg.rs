@@ -2,8 +2,8 @@
 
 use candle_core::{Module, Result, Tensor};
 use fgvc_ops::{
-    adaptive_avg_pool2d, global_avg_pool, max_pool2d, BatchNorm, Conv2d, Conv2dConfig, Init,
-    Linear, Params,
+    adaptive_avg_pool2d, global_avg_pool, max_pool2d, relu, Activation, BatchNorm, Conv2d,
+    Conv2dConfig, Init, Linear, Params,
 };
 
 use crate::backbone::{Backbone, StageInfo};
@@ -195,10 +195,10 @@ impl Backbone for Vgg {
             };
             for u in units {
                 y = u.conv.forward(&y)?;
-                if let Some(bn) = &u.bn {
-                    y = bn.forward_t(&y, train)?;
-                }
-                y = y.relu()?;
+                y = match &u.bn {
+                    Some(bn) => bn.forward_act(&y, None, Activation::Relu, train)?,
+                    None => relu(&y)?,
+                };
             }
             out.push(y);
         }
@@ -211,8 +211,8 @@ impl Backbone for Vgg {
             Some(c) => {
                 let y = adaptive_avg_pool2d(&max_pool2d(last_stage, 2, 2, 0)?, (7, 7))?
                     .flatten_from(1)?;
-                let y = c.drop1.forward_t(&c.fc1.forward(&y)?.relu()?, train)?;
-                c.drop2.forward_t(&c.fc2.forward(&y)?.relu()?, train)
+                let y = c.drop1.forward_t(&relu(&c.fc1.forward(&y)?)?, train)?;
+                c.drop2.forward_t(&relu(&c.fc2.forward(&y)?)?, train)
             }
         }
     }

@@ -2,7 +2,9 @@
 //! BN-Linear-BN-ELU-Linear classifier and a seeded dropout.
 
 use candle_core::{Module, Result, Tensor};
-use fgvc_ops::{global_max_pool, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Params};
+use fgvc_ops::{
+    global_max_pool, Activation, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Params,
+};
 
 /// The BatchNorm of PMG's and RMG-PMSI's `BasicConv`/`Conv`: eps 1e-5, **momentum 0.01**, affine.
 pub const STAGE_BN: BatchNormConfig = BatchNormConfig {
@@ -85,12 +87,13 @@ impl BasicConv {
 
     /// Conv, BatchNorm (batch statistics and a running-statistics update when `train`), ReLU.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
-        if self.relu {
-            y.relu()
+        let act = if self.relu {
+            Activation::Relu
         } else {
-            Ok(y)
-        }
+            Activation::Identity
+        };
+        self.bn
+            .forward_act(&self.conv.forward(x)?, None, act, train)
     }
 
     /// The convolution.

@@ -21,7 +21,7 @@
 //! conv through `X_fine -> box -> R -> S -> T -> A`. Prediction averages the coarse and fine logits.
 
 use candle_core::{Module, Result, Tensor, D};
-use fgvc_ops::{BatchNormConfig, Conv2d, Conv2dConfig, Init, Linear, Params};
+use fgvc_ops::{relu, BatchNormConfig, Conv2d, Conv2dConfig, Init, Linear, Params};
 
 use crate::blocks::BasicConv;
 use crate::interp::{resize_bilinear, zoom};
@@ -157,7 +157,7 @@ impl InverseMapping {
             .unsqueeze(2)?
             .broadcast_mul(&z.unsqueeze(1)?)?
             .reshape((b, m * d, h, w))?;
-        self.out.forward(&self.fuse.forward(&attended)?.relu()?)
+        self.out.forward(&relu(&self.fuse.forward(&attended)?)?)
     }
 
     /// The region map R = sigmoid(bilinear upsampling of the logits to `(height, width)`): (B, 1, H, W).

@@ -16,7 +16,7 @@
 //! (row, column), ReLU and an average pool to 2 x N x N ([`LocationHead::Paper`]).
 
 use candle_core::{Device, Module, Result, Tensor};
-use fgvc_ops::{global_avg_pool, Conv2d, Conv2dConfig, Linear, Params};
+use fgvc_ops::{global_avg_pool, relu, Conv2d, Conv2dConfig, Linear, Params};
 
 /// The discriminator's output space (the official `--cls_2` / `--cls_mul` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +192,7 @@ impl DclHead {
             Location::Official(conv) => region_avg_pool(&conv.forward(features)?, n)?
                 .tanh()?
                 .flatten_from(1)?,
-            Location::Paper(conv) => region_avg_pool(&conv.forward(features)?.relu()?, n)?,
+            Location::Paper(conv) => region_avg_pool(&relu(&conv.forward(features)?)?, n)?,
         };
         Ok(DclOutput {
             logits,

@@ -5,6 +5,47 @@ use rayon::prelude::*;
 
 use crate::cpu::{contiguous, dispatch, fast_path, Elem};
 
+/// The activations a BatchNorm can fuse ([`crate::BatchNorm::forward_act`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// None: `bn(x) + residual` as it is.
+    #[default]
+    Identity,
+    /// `max(x, 0)` (ResNet, VGG, the heads' conv blocks).
+    Relu,
+    /// `min(max(x, 0), 6)` (MobileNetV2).
+    Relu6,
+}
+
+impl Activation {
+    /// The activation as a standalone op ([`relu`], [`relu6`]).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use fgvc_ops::Activation;
+    ///
+    /// let x = Tensor::new(&[-1f32, 3., 7.], &Device::Cpu)?;
+    /// assert_eq!(Activation::Relu6.apply(&x)?.to_vec1::<f32>()?, [0., 3., 6.]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Identity => Ok(x.clone()),
+            Activation::Relu => relu(x),
+            Activation::Relu6 => relu6(x),
+        }
+    }
+}
+
+/// `max(x, 0)` with a one-pass forward and backward (candle's own ReLU backward takes six passes over the
+/// tensor, one of them single-threaded). The gradient at 0 is 0, as PyTorch's.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) {
+        return x.contiguous()?.apply_op1(Unary::Relu);
+    }
+    x.relu()
+}
+
 /// `min(max(x, 0), 6)`, MobileNetV2's activation. The gradient is 1 strictly inside (0, 6) and 0 elsewhere,
 /// as PyTorch's `hardtanh_backward`.
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
@@ -31,6 +72,7 @@ pub fn gradient_reversal(x: &Tensor, lambda: f64) -> Result<Tensor> {
 /// Elementwise activations with a fused backward.
 #[derive(Debug, Clone, Copy)]
 enum Unary {
+    Relu,
     Relu6,
     Elu(f64),
 }
@@ -44,6 +86,12 @@ impl Unary {
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(out, inp)| match *self {
+                Unary::Relu => {
+                    for (o, &v) in out.iter_mut().zip(inp) {
+                        // NaN propagates, as in PyTorch's relu.
+                        *o = if v < T::ZERO { T::ZERO } else { v };
+                    }
+                }
                 Unary::Relu6 => {
                     for (o, &v) in out.iter_mut().zip(inp) {
                         // Two selects rather than an if-else chain: branch-free, and NaN propagates as in
@@ -72,6 +120,11 @@ impl Unary {
         dx.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
             .for_each(|(out, (inp, g))| match *self {
+                Unary::Relu => {
+                    for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                        *o = if v > T::ZERO { g } else { T::ZERO };
+                    }
+                }
                 Unary::Relu6 => {
                     for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
                         *o = if v > T::ZERO && v < six { g } else { T::ZERO };
@@ -91,6 +144,7 @@ impl Unary {
 impl CustomOp1 for Unary {
     fn name(&self) -> &'static str {
         match self {
+            Unary::Relu => "fgvc-relu",
             Unary::Relu6 => "fgvc-relu6",
             Unary::Elu(_) => "fgvc-elu",
         }

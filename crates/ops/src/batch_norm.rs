@@ -1,8 +1,11 @@
 //! BatchNorm (2-d and 1-d) with PyTorch's train/eval semantics and running-statistics update.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, Var};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var,
+};
 use rayon::prelude::*;
 
+use crate::activation::Activation;
 use crate::cpu::{contiguous, dispatch, fast_path, plane_chunk, Elem};
 use crate::params::{Init, Params};
 
@@ -38,6 +41,50 @@ pub fn batch_norm(
     train: bool,
     cfg: &BatchNormConfig,
 ) -> Result<Tensor> {
+    let bn = Affine {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        cfg,
+    };
+    normalize(x, &bn, train, Epilogue::default())
+}
+
+/// The parameters and buffers of one BatchNorm, borrowed.
+struct Affine<'a> {
+    weight: Option<&'a Tensor>,
+    bias: Option<&'a Tensor>,
+    running_mean: &'a Var,
+    running_var: &'a Var,
+    cfg: &'a BatchNormConfig,
+}
+
+/// What follows the normalisation in the same pass: `act(bn(x) + residual)`.
+#[derive(Clone, Copy, Default)]
+struct Epilogue<'a> {
+    residual: Option<&'a Tensor>,
+    act: Activation,
+}
+
+/// [`batch_norm`] followed by the epilogue: fused kernels on the CPU, candle's ops elsewhere.
+fn normalize(x: &Tensor, bn: &Affine, train: bool, epi: Epilogue) -> Result<Tensor> {
+    let Affine {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        cfg,
+    } = *bn;
+    if let Some(r) = epi.residual {
+        if r.dims() != x.dims() {
+            candle_core::bail!(
+                "batch_norm: residual {:?} does not match input {:?}",
+                r.dims(),
+                x.dims()
+            )
+        }
+    }
     let dims = x.dims().to_vec();
     if dims.len() != 2 && dims.len() != 4 {
         candle_core::bail!("batch_norm: expected (N, C) or (N, C, H, W), got {dims:?}")
@@ -52,8 +99,8 @@ pub fn batch_norm(
             )
         }
     }
-    if fast_path(x) {
-        return fused_batch_norm(x, weight, bias, running_mean, running_var, train, cfg);
+    if fast_path(x) && epi.residual.is_none_or(|r| r.dtype() == x.dtype()) {
+        return fused_batch_norm(x, bn, train, epi);
     }
     let bshape: Vec<usize> = dims
         .iter()
@@ -99,7 +146,10 @@ pub fn batch_norm(
     if let Some(b) = bias {
         y = y.broadcast_add(&b.reshape(bshape.as_slice())?)?;
     }
-    Ok(y)
+    if let Some(r) = epi.residual {
+        y = (y + r)?;
+    }
+    epi.act.apply(&y)
 }
 
 /// `nn.BatchNorm2d` / `nn.BatchNorm1d` with torch's names: `weight`, `bias`, `running_mean`, `running_var`.
@@ -141,15 +191,40 @@ impl BatchNorm {
 
     /// Batch statistics (and a running-statistics update) when `train`, running statistics otherwise.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        batch_norm(
-            x,
-            self.weight.as_ref(),
-            self.bias.as_ref(),
-            &self.running_mean,
-            &self.running_var,
-            train,
-            &self.cfg,
-        )
+        self.forward_act(x, None, Activation::Identity, train)
+    }
+
+    /// `act(bn(x) + residual)` as one op: one pass forward and two backward on the CPU, where BatchNorm,
+    /// the residual add and the activation as separate ops would each allocate and accumulate a gradient
+    /// (ResNet's Conv-BN-ReLU and block ends, MobileNetV2's Conv-BN-ReLU6).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use fgvc_ops::{Activation, BatchNorm, ParamStore};
+    ///
+    /// let store = ParamStore::new(0, DType::F32, &Device::Cpu);
+    /// let bn = BatchNorm::new(4, &store.root())?;
+    /// let x = Tensor::randn(0f32, 1., (2, 4, 3, 3), &Device::Cpu)?;
+    /// let identity = Tensor::ones((2, 4, 3, 3), DType::F32, &Device::Cpu)?;
+    /// let y = bn.forward_act(&x, Some(&identity), Activation::Relu, true)?;
+    /// assert!(y.flatten_all()?.min(0)?.to_scalar::<f32>()? >= 0.);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn forward_act(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        act: Activation,
+        train: bool,
+    ) -> Result<Tensor> {
+        let bn = Affine {
+            weight: self.weight.as_ref(),
+            bias: self.bias.as_ref(),
+            running_mean: &self.running_mean,
+            running_var: &self.running_var,
+            cfg: &self.cfg,
+        };
+        normalize(x, &bn, train, Epilogue { residual, act })
     }
 
     /// The running mean.
@@ -216,28 +291,21 @@ impl Planes {
     }
 }
 
-/// The CPU path of [`batch_norm`]: fused statistics, normalisation and backward kernels.
-fn fused_batch_norm(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    running_mean: &Var,
-    running_var: &Var,
-    train: bool,
-    cfg: &BatchNormConfig,
-) -> Result<Tensor> {
+/// The CPU path: one statistics pass, then [`BnApply`] (normalise, add, activate) with its fused backward.
+fn fused_batch_norm(x: &Tensor, bn: &Affine, train: bool, epi: Epilogue) -> Result<Tensor> {
     let x = x.contiguous()?;
     let planes = Planes::of(&x)?;
     let c = planes.c;
-    let gamma = match weight {
+    let gamma = match bn.weight {
         Some(w) => w.to_dtype(x.dtype())?,
         None => Tensor::ones(c, x.dtype(), x.device())?,
     };
-    let beta = match bias {
+    let beta = match bn.bias {
         Some(b) => b.to_dtype(x.dtype())?,
         None => Tensor::zeros(c, x.dtype(), x.device())?,
     };
-    if train {
+    let (running_mean, running_var, cfg) = (bn.running_mean, bn.running_var, bn.cfg);
+    let (op, params) = if train {
         let stats = x.apply_op1_no_bwd(&BnStats {
             planes,
             eps: cfg.eps,
@@ -253,8 +321,16 @@ fn fused_batch_norm(
             .affine(count / (count - 1.0), 0.)?;
         running_mean.set(&rm.affine(1. - m, 0.)?.add(&mean.affine(m, 0.)?)?)?;
         running_var.set(&rv.affine(1. - m, 0.)?.add(&unbiased.affine(m, 0.)?)?)?;
-        let gb = Tensor::stack(&[&gamma, &beta], 0)?;
-        x.apply_op3(&gb, &stats, BnTrain { planes })
+        let host = stats.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+        let op = BnApply {
+            planes,
+            act: epi.act,
+            batch: Some(BatchStats {
+                mean: host[0].clone(),
+                inv: host[2].clone(),
+            }),
+        };
+        (op, Tensor::stack(&[&gamma, &beta], 0)?)
     } else {
         let rm = running_mean.as_tensor().detach().to_dtype(x.dtype())?;
         let inv = running_var
@@ -266,12 +342,69 @@ fn fused_batch_norm(
             .recip()?;
         let scale = gamma.mul(&inv)?;
         let shift = beta.sub(&rm.mul(&scale)?)?;
-        x.apply_op3(&scale, &shift, ChannelAffine { planes })
+        let op = BnApply {
+            planes,
+            act: epi.act,
+            batch: None,
+        };
+        (op, Tensor::stack(&[&scale, &shift], 0)?)
+    };
+    match epi.residual {
+        Some(r) => x.apply_op3(&params, &r.contiguous()?, op),
+        None => x.apply_op2(&params, op),
     }
 }
 
-/// Per-channel statistics of x: (3, C) rows mean, biased variance, 1/sqrt(var + eps). One pass, shifted
-/// sums in f64, parallel over channels.
+/// Sums over a plane in blocks: `LANES` accumulators in the element type (so that the loop vectorises),
+/// each block's total added in f64 (so that long planes keep their precision).
+const LANES: usize = 8;
+const BLOCK: usize = 512;
+
+/// `(sum f0, sum f1)` over the elements of three equally long slices, where `f(a_i, b_i, c_i)` gives the two
+/// terms of element `i`.
+#[inline(always)]
+fn block_sums<T: Elem>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> (T, T)) -> [f64; 2] {
+    let n = a.len().min(b.len()).min(c.len());
+    let mut total = [0f64; 2];
+    for ((ab, bb), cb) in a[..n]
+        .chunks(BLOCK)
+        .zip(b[..n].chunks(BLOCK))
+        .zip(c[..n].chunks(BLOCK))
+    {
+        let mut u = [T::ZERO; LANES];
+        let mut v = [T::ZERO; LANES];
+        let (a8, b8, c8) = (
+            ab.chunks_exact(LANES),
+            bb.chunks_exact(LANES),
+            cb.chunks_exact(LANES),
+        );
+        let (ar, br, cr) = (a8.remainder(), b8.remainder(), c8.remainder());
+        for ((x, y), z) in a8.zip(b8).zip(c8) {
+            for l in 0..LANES {
+                let (p, q) = f(x[l], y[l], z[l]);
+                u[l] += p;
+                v[l] += q;
+            }
+        }
+        let (mut su, mut sv) = (T::ZERO, T::ZERO);
+        for ((&x, &y), &z) in ar.iter().zip(br).zip(cr) {
+            let (p, q) = f(x, y, z);
+            su += p;
+            sv += q;
+        }
+        for l in 0..LANES {
+            su += u[l];
+            sv += v[l];
+        }
+        total[0] += su.to_f64();
+        total[1] += sv.to_f64();
+    }
+    total
+}
+
+/// Per-channel statistics of x: (3, C) rows mean, biased variance, 1/sqrt(var + eps). One pass of sums
+/// shifted by each channel's first value (so that the one-pass variance does not cancel), parallel over
+/// channels.
 struct BnStats {
     planes: Planes,
     eps: f64,
@@ -281,16 +414,13 @@ impl BnStats {
     fn run<T: Elem>(&self, x: &[T]) -> Result<(CpuStorage, Shape)> {
         let p = self.planes;
         let s = p.s;
-        // Shift by the channel's first value so that the one-pass variance does not cancel.
         let sums = p.reduce::<2>(|c, off| {
-            let k = x[c * s].to_f64();
-            let (mut sd, mut sdd) = (0f64, 0f64);
-            for &v in &x[off..off + s] {
-                let d = v.to_f64() - k;
-                sd += d;
-                sdd += d * d;
-            }
-            [sd, sdd]
+            let k = x[c * s];
+            let plane = &x[off..off + s];
+            block_sums(plane, plane, plane, |v, _, _| {
+                let d = v - k;
+                (d, d * d)
+            })
         });
         let m = p.count() as f64;
         let mut out = vec![T::ZERO; 3 * p.c];
@@ -315,29 +445,214 @@ impl CustomOp1 for BnStats {
     }
 }
 
-/// Training-mode normalisation: (x, [gamma; beta] (2, C), stats (3, C)) -> y = (x - mean) * invstd * gamma + beta.
-/// The backward differentiates through the batch statistics.
-struct BnTrain {
-    planes: Planes,
+/// A training batch's per-channel mean and `1/sqrt(var + eps)`, on the host.
+#[derive(Debug, Clone)]
+struct BatchStats {
+    mean: Vec<f64>,
+    inv: Vec<f64>,
 }
 
-impl BnTrain {
-    fn run<T: Elem>(&self, x: &[T], gb: &[T], st: &[T]) -> Result<(CpuStorage, Shape)> {
+/// `y = act((x - mean) * inv * gamma + beta + residual)` with the batch statistics (training), or
+/// `y = act(x * scale + shift + residual)` (eval, `batch` is `None`). Inputs: x, params (2, C) holding
+/// [gamma; beta] or [scale; shift], and the optional residual. The backward differentiates through the
+/// batch statistics in training.
+struct BnApply {
+    planes: Planes,
+    act: Activation,
+    batch: Option<BatchStats>,
+}
+
+impl BnApply {
+    /// Per channel `(centre, multiplier, offset)` so that `z = (x - centre) * multiplier + offset`.
+    fn coefficients<T: Elem>(&self, p: &[T]) -> Vec<(T, T, T)> {
         let c = self.planes.c;
+        (0..c)
+            .map(|ch| match &self.batch {
+                Some(b) => (
+                    T::from_f64(b.mean[ch]),
+                    p[ch] * T::from_f64(b.inv[ch]),
+                    p[c + ch],
+                ),
+                None => (T::ZERO, p[ch], p[c + ch]),
+            })
+            .collect()
+    }
+
+    fn run<T: Elem>(&self, x: &[T], p: &[T], r: Option<&[T]>) -> Result<(CpuStorage, Shape)> {
+        let k = self.coefficients(p);
         let mut y = vec![T::ZERO; x.len()];
-        self.planes.map(&mut y, |ch, off, out| {
-            let (mean, scale, shift) = (st[ch], gb[ch] * st[2 * c + ch], gb[c + ch]);
-            for (o, &v) in out.iter_mut().zip(&x[off..]) {
-                *o = (v - mean) * scale + shift;
+        match self.act {
+            Activation::Identity => self.apply(x, r, &k, &mut y, |z| z),
+            Activation::Relu => {
+                self.apply(x, r, &k, &mut y, |z| if z > T::ZERO { z } else { T::ZERO })
+            }
+            Activation::Relu6 => {
+                let six = T::from_f64(6.);
+                // Two selects rather than a chain: branch-free, and NaN propagates as in PyTorch's clamp.
+                self.apply(x, r, &k, &mut y, |z| {
+                    let lo = if z < T::ZERO { T::ZERO } else { z };
+                    if lo > six {
+                        six
+                    } else {
+                        lo
+                    }
+                })
+            }
+        }
+        Ok((T::wrap(y), Shape::from(0)))
+    }
+
+    #[inline(always)]
+    fn apply<T: Elem>(
+        &self,
+        x: &[T],
+        r: Option<&[T]>,
+        k: &[(T, T, T)],
+        y: &mut [T],
+        act: impl Fn(T) -> T + Sync,
+    ) {
+        self.planes.map(y, |ch, off, out| {
+            let (centre, mul, add) = k[ch];
+            let xs = &x[off..off + out.len()];
+            match r {
+                Some(r) => {
+                    let rs = &r[off..off + out.len()];
+                    for ((o, &v), &q) in out.iter_mut().zip(xs).zip(rs) {
+                        *o = act((v - centre) * mul + add + q);
+                    }
+                }
+                None => {
+                    for (o, &v) in out.iter_mut().zip(xs) {
+                        *o = act((v - centre) * mul + add);
+                    }
+                }
             }
         });
-        Ok((T::wrap(y), Shape::from(0)))
+    }
+
+    fn fwd_storage(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        r: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (storage, _) = dispatch!(self.name(), s1, T => {
+            let r = match r {
+                Some((s3, l3)) => Some(contiguous::<T>(s3, l3)?),
+                None => None,
+            };
+            self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, r)
+        })?;
+        Ok((storage, l1.shape().clone()))
+    }
+
+    fn name(&self) -> &'static str {
+        "fgvc-batch-norm"
+    }
+
+    /// Gradients of x, params (2, C) and the residual from the output `y` and its gradient `dy`.
+    fn grads(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        residual: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let p = self.planes;
+        let dy = dy.contiguous()?;
+        // With a residual its gradient, the activation's masked dy, is needed whole, so it is made once and
+        // both passes read it; without, both passes mask dy on the fly.
+        let (g, act) = if residual && self.act != Activation::Identity {
+            let dz = dy.apply_op2_no_bwd(y, &ActGrad(self.act))?;
+            (dz, Activation::Identity)
+        } else {
+            (dy, self.act)
+        };
+        let centre: Vec<f64> = match &self.batch {
+            Some(b) => b.mean.clone(),
+            None => vec![0.; p.c],
+        };
+        let inv: Vec<f64> = match &self.batch {
+            Some(b) => b.inv.clone(),
+            None => vec![1.; p.c],
+        };
+        // (2, C): sum dz, sum dz * xhat (training) or sum dz * x (eval).
+        let sums = x.apply_op3_no_bwd(
+            &g,
+            y,
+            &ChannelSums {
+                planes: p,
+                act,
+                centre: centre.clone(),
+                inv: inv.clone(),
+            },
+        )?;
+        let host = |t: &Tensor| t.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>();
+        let (sm, pm) = (host(&sums)?, host(params)?);
+        let m = p.count() as f64;
+        // dx = a dz + b (x - centre) + c0 per channel.
+        let mut coef = vec![0f64; 4 * p.c];
+        for c in 0..p.c {
+            match &self.batch {
+                Some(_) => {
+                    let k = pm[0][c] * inv[c];
+                    coef[c] = k;
+                    coef[p.c + c] = -k * inv[c] * sm[1][c] / m;
+                    coef[2 * p.c + c] = centre[c];
+                    coef[3 * p.c + c] = -k * sm[0][c] / m;
+                }
+                None => coef[c] = pm[0][c],
+            }
+        }
+        let dx = g.apply_op3_no_bwd(
+            x,
+            y,
+            &ChannelGrad {
+                planes: p,
+                act,
+                coef,
+            },
+        )?;
+        // d gamma (or d scale) = sum dz * xhat (or * x), d beta (or d shift) = sum dz.
+        let dparams = Tensor::stack(&[sums.get(1)?, sums.get(0)?], 0)?;
+        let dr = if residual { Some(g) } else { None };
+        Ok((dx, dparams, dr))
     }
 }
 
-impl CustomOp3 for BnTrain {
+impl CustomOp2 for BnApply {
     fn name(&self) -> &'static str {
-        "fgvc-batch-norm-train"
+        BnApply::name(self)
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd_storage(s1, l1, s2, l2, None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dp, _) = self.grads(x, params, y, dy, false)?;
+        Ok((Some(dx), Some(dp)))
+    }
+}
+
+impl CustomOp3 for BnApply {
+    fn name(&self) -> &'static str {
+        BnApply::name(self)
     }
 
     fn cpu_fwd(
@@ -349,78 +664,105 @@ impl CustomOp3 for BnTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (storage, _) = dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?))?;
-        Ok((storage, l1.shape().clone()))
+        self.fwd_storage(s1, l1, s2, l2, Some((s3, l3)))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        gb: &Tensor,
-        stats: &Tensor,
-        _y: &Tensor,
+        params: &Tensor,
+        _residual: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let p = self.planes;
-        // (2, C): sum dy, sum dy * xhat.
-        let sums = x.apply_op3_no_bwd(
-            &dy,
-            stats,
-            &ChannelSums {
-                planes: p,
-                centred: true,
-            },
-        )?;
-        let host = |t: &Tensor| t.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>();
-        let (st, sm, g) = (host(stats)?, host(&sums)?, host(gb)?);
-        let m = p.count() as f64;
-        let mut coef = vec![0f64; 4 * p.c];
-        for c in 0..p.c {
-            let k = g[0][c] * st[2][c];
-            coef[c] = k;
-            coef[p.c + c] = -k * st[2][c] * sm[1][c] / m;
-            coef[2 * p.c + c] = st[0][c];
-            coef[3 * p.c + c] = -k * sm[0][c] / m;
-        }
-        let coef = Tensor::from_vec(coef, (4, p.c), x.device())?.to_dtype(x.dtype())?;
-        let dx = dy.apply_op3_no_bwd(x, &coef, &ChannelGrad { planes: p })?;
-        // d gamma = sum dy * xhat, d beta = sum dy.
-        let dgb = Tensor::stack(&[sums.get(1)?, sums.get(0)?], 0)?;
-        Ok((Some(dx), Some(dgb), None))
+        let (dx, dp, dr) = self.grads(x, params, y, dy, true)?;
+        Ok((Some(dx), Some(dp), dr))
     }
 }
 
-/// Per-channel sums of dy (row 0) and dy * (x - m) * s (row 1): (x, dy, stats) -> (2, C), where `m`, `s` are
-/// rows 0 and 2 of `stats` when `centred`, else 0 and 1 (then row 1 is sum dy * x).
+/// The activation's gradient from its output: (dy, y) -> dy where the activation passes it, else 0.
+struct ActGrad(Activation);
+
+impl CustomOp2 for ActGrad {
+    fn name(&self) -> &'static str {
+        "fgvc-activation-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => {
+            let (dy, y) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
+            let mut dz = vec![T::ZERO; dy.len()];
+            let six = T::from_f64(6.);
+            let relu6 = matches!(self.0, Activation::Relu6);
+            dz.par_chunks_mut(1 << 14)
+                .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+                .for_each(|(o, (g, v))| {
+                    for ((o, &g), &v) in o.iter_mut().zip(g).zip(v) {
+                        let pass = v > T::ZERO && (!relu6 || v < six);
+                        *o = if pass { g } else { T::ZERO };
+                    }
+                });
+            Ok((T::wrap(dz), l1.shape().clone()))
+        })
+    }
+}
+
+/// Per-channel sums of dz (row 0) and dz * (x - centre) * inv (row 1), where dz is dy masked by the
+/// activation's gradient at the output y: (x, dy, y) -> (2, C).
 struct ChannelSums {
     planes: Planes,
-    centred: bool,
+    act: Activation,
+    centre: Vec<f64>,
+    inv: Vec<f64>,
 }
 
 impl ChannelSums {
-    fn run<T: Elem>(&self, x: &[T], dy: &[T], st: &[T]) -> Result<(CpuStorage, Shape)> {
-        let p = self.planes;
-        let sums = p.reduce::<2>(|c, off| {
-            let (mean, inv) = if self.centred {
-                (st[c], st[2 * p.c + c])
-            } else {
-                (T::ZERO, T::ONE)
-            };
-            let (mut a, mut b) = (0f64, 0f64);
-            for (&g, &v) in dy[off..off + p.s].iter().zip(&x[off..off + p.s]) {
-                let g = g.to_f64();
-                a += g;
-                b += g * ((v - mean) * inv).to_f64();
+    fn run<T: Elem>(&self, x: &[T], dy: &[T], y: &[T]) -> Result<(CpuStorage, Shape)> {
+        let sums = match self.act {
+            Activation::Identity => self.sums(x, dy, y, |g, _| g),
+            Activation::Relu => self.sums(x, dy, y, |g, v| if v > T::ZERO { g } else { T::ZERO }),
+            Activation::Relu6 => {
+                let six = T::from_f64(6.);
+                self.sums(
+                    x,
+                    dy,
+                    y,
+                    |g, v| if v > T::ZERO && v < six { g } else { T::ZERO },
+                )
             }
-            [a, b]
-        });
-        let mut out = vec![T::ZERO; 2 * p.c];
-        for (c, [a, b]) in sums.into_iter().enumerate() {
-            out[c] = T::from_f64(a);
-            out[p.c + c] = T::from_f64(b);
+        };
+        let c = self.planes.c;
+        let mut out = vec![T::ZERO; 2 * c];
+        for (ch, [a, b]) in sums.into_iter().enumerate() {
+            out[ch] = T::from_f64(a);
+            out[c + ch] = T::from_f64(b);
         }
-        Ok((T::wrap(out), Shape::from((2, p.c))))
+        Ok((T::wrap(out), Shape::from((2, c))))
+    }
+
+    #[inline(always)]
+    fn sums<T: Elem>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        y: &[T],
+        mask: impl Fn(T, T) -> T + Sync,
+    ) -> Vec<[f64; 2]> {
+        let s = self.planes.s;
+        self.planes.reduce::<2>(|c, off| {
+            let (centre, inv) = (T::from_f64(self.centre[c]), T::from_f64(self.inv[c]));
+            let (xs, gs, ys) = (&x[off..off + s], &dy[off..off + s], &y[off..off + s]);
+            block_sums(xs, gs, ys, |v, g, yv| {
+                let g = mask(g, yv);
+                (g, g * ((v - centre) * inv))
+            })
+        })
     }
 }
 
@@ -442,22 +784,59 @@ impl CustomOp3 for ChannelSums {
     }
 }
 
-/// Training-mode input gradient: (dy, x, coef (4, C)) -> dx = A dy + B (x - mean) + C0 with coef rows A, B, mean, C0.
+/// Input gradient: (dy, x, y) -> dx = A dz + B (x - centre) + C0 per channel, with `coef` rows A, B, centre,
+/// C0 and dz the masked dy.
 struct ChannelGrad {
     planes: Planes,
+    act: Activation,
+    coef: Vec<f64>,
 }
 
 impl ChannelGrad {
-    fn run<T: Elem>(&self, dy: &[T], x: &[T], k: &[T]) -> Result<(CpuStorage, Shape)> {
-        let c = self.planes.c;
+    fn run<T: Elem>(&self, dy: &[T], x: &[T], y: &[T]) -> Result<(CpuStorage, Shape)> {
         let mut dx = vec![T::ZERO; x.len()];
-        self.planes.map(&mut dx, |ch, off, out| {
-            let (a, b, mean, c0) = (k[ch], k[c + ch], k[2 * c + ch], k[3 * c + ch]);
-            for ((o, &g), &v) in out.iter_mut().zip(&dy[off..]).zip(&x[off..]) {
-                *o = a * g + b * (v - mean) + c0;
+        match self.act {
+            Activation::Identity => self.fill(dy, x, y, &mut dx, |g, _| g),
+            Activation::Relu => self.fill(
+                dy,
+                x,
+                y,
+                &mut dx,
+                |g, v| if v > T::ZERO { g } else { T::ZERO },
+            ),
+            Activation::Relu6 => {
+                let six = T::from_f64(6.);
+                self.fill(dy, x, y, &mut dx, |g, v| {
+                    if v > T::ZERO && v < six {
+                        g
+                    } else {
+                        T::ZERO
+                    }
+                })
+            }
+        }
+        Ok((T::wrap(dx), Shape::from(0)))
+    }
+
+    #[inline(always)]
+    fn fill<T: Elem>(
+        &self,
+        dy: &[T],
+        x: &[T],
+        y: &[T],
+        dx: &mut [T],
+        mask: impl Fn(T, T) -> T + Sync,
+    ) {
+        let c = self.planes.c;
+        let k: Vec<T> = self.coef.iter().map(|&v| T::from_f64(v)).collect();
+        self.planes.map(dx, |ch, off, out| {
+            let (a, b, centre, c0) = (k[ch], k[c + ch], k[2 * c + ch], k[3 * c + ch]);
+            let n = out.len();
+            let (gs, xs, ys) = (&dy[off..off + n], &x[off..off + n], &y[off..off + n]);
+            for (((o, &g), &v), &yv) in out.iter_mut().zip(gs).zip(xs).zip(ys) {
+                *o = a * mask(g, yv) + b * (v - centre) + c0;
             }
         });
-        Ok((T::wrap(dx), Shape::from(0)))
     }
 }
 
@@ -477,65 +856,5 @@ impl CustomOp3 for ChannelGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (storage, _) = dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?))?;
         Ok((storage, l1.shape().clone()))
-    }
-}
-
-/// Eval-mode BatchNorm: (x, scale (C), shift (C)) -> x * scale + shift per channel, with gradients to all three.
-struct ChannelAffine {
-    planes: Planes,
-}
-
-impl ChannelAffine {
-    fn run<T: Elem>(&self, x: &[T], scale: &[T], shift: &[T]) -> Result<(CpuStorage, Shape)> {
-        let mut y = vec![T::ZERO; x.len()];
-        self.planes.map(&mut y, |ch, off, out| {
-            let (a, b) = (scale[ch], shift[ch]);
-            for (o, &v) in out.iter_mut().zip(&x[off..]) {
-                *o = v * a + b;
-            }
-        });
-        Ok((T::wrap(y), Shape::from(0)))
-    }
-}
-
-impl CustomOp3 for ChannelAffine {
-    fn name(&self) -> &'static str {
-        "fgvc-channel-affine"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (storage, _) = dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?))?;
-        Ok((storage, l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        scale: &Tensor,
-        _shift: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let p = self.planes;
-        let dx = dy.apply_op3_no_bwd(scale, &scale.zeros_like()?, &ChannelAffine { planes: p })?;
-        let dummy = Tensor::zeros((3, p.c), x.dtype(), x.device())?;
-        let sums = x.apply_op3_no_bwd(
-            &dy,
-            &dummy,
-            &ChannelSums {
-                planes: p,
-                centred: false,
-            },
-        )?;
-        Ok((Some(dx), Some(sums.get(1)?), Some(sums.get(0)?)))
     }
 }

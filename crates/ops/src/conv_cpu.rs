@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::conv::Conv2dConfig;
-use crate::cpu::{contiguous, dispatch, dot, matmul, valid_range, Elem, Mat};
+use crate::cpu::{contiguous, dispatch, dot, matmul, matmul_serial, valid_range, Elem, Mat};
 
 /// Every size of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +108,11 @@ impl Geometry {
     }
 }
 
-/// Fills `cols` (C_in*kH*kW, OH*OW) from one image `x` (C_in, H, W); parallel over the rows of `cols`.
-fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T]) {
+/// Fills `cols` (C_in*kH*kW, OH*OW) from one image `x` (C_in, H, W); parallel over the rows of `cols` when
+/// `parallel`.
+fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], parallel: bool) {
     let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
-    cols.par_chunks_mut(ohw).enumerate().for_each(|(r, row)| {
+    let fill = |(r, row): (usize, &mut [T])| {
         let (c, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
         let plane = &x[c * hw..(c + 1) * hw];
         let (yoff, xoff) = (g.yoff(ky), g.xoff(kx));
@@ -136,13 +137,19 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T]) {
                 }
             }
         }
-    });
+    };
+    if parallel {
+        cols.par_chunks_mut(ohw).enumerate().for_each(fill);
+    } else {
+        cols.chunks_mut(ohw).enumerate().for_each(fill);
+    }
 }
 
-/// Scatters `dcols` (C_in*kH*kW, OH*OW) back into one image gradient `dx` (C_in, H, W); parallel over channels.
-fn col2im<T: Elem>(g: &Geometry, dcols: &[T], dx: &mut [T]) {
+/// Scatters `dcols` (C_in*kH*kW, OH*OW) back into one image gradient `dx` (C_in, H, W); parallel over channels
+/// when `parallel`.
+fn col2im<T: Elem>(g: &Geometry, dcols: &[T], dx: &mut [T], parallel: bool) {
     let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
-    dx.par_chunks_mut(hw).enumerate().for_each(|(c, plane)| {
+    let scatter = |(c, plane): (usize, &mut [T])| {
         plane.fill(T::ZERO);
         for ky in 0..g.kh {
             for kx in 0..g.kw {
@@ -167,7 +174,21 @@ fn col2im<T: Elem>(g: &Geometry, dcols: &[T], dx: &mut [T]) {
                 }
             }
         }
-    });
+    };
+    if parallel {
+        dx.par_chunks_mut(hw).enumerate().for_each(scatter);
+    } else {
+        dx.chunks_mut(hw).enumerate().for_each(scatter);
+    }
+}
+
+/// Whether a convolution runs one image per rayon task (each GEMM on one thread) rather than one image
+/// at a time with each GEMM split across the threads: with at least as many images as threads, splitting
+/// the batch needs no synchronisation inside the products, which is what small maps (14x14, 7x7) lose most
+/// time to.
+fn per_image(g: &Geometry) -> bool {
+    let threads = rayon::current_num_threads();
+    threads > 1 && g.n >= threads
 }
 
 /// Dense conv forward: (x, weight) -> y.
@@ -180,28 +201,32 @@ impl ConvOp {
         let g = &self.geom;
         let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
         let mut y = vec![T::ZERO; g.n * g.co * ohw];
-        let mut cols = if g.pointwise() {
-            Vec::new()
-        } else {
-            vec![T::ZERO; k * ohw]
-        };
-        for (b, yb) in y.chunks_mut(g.co * ohw).enumerate() {
+        let cols_len = if g.pointwise() { 0 } else { k * ohw };
+        let image = |b: usize, yb: &mut [T], cols: &mut Vec<T>, parallel: bool| {
             let xb = &x[b * chw..(b + 1) * chw];
             let rhs: &[T] = if g.pointwise() {
                 xb
             } else {
-                im2col(g, xb, &mut cols);
-                &cols
+                im2col(g, xb, cols, parallel);
+                cols
             };
-            matmul(
-                g.co,
-                ohw,
-                k,
-                yb,
-                false,
-                Mat::rows(w, k),
-                Mat::rows(rhs, ohw),
+            let (a, bm) = (Mat::rows(w, k), Mat::rows(rhs, ohw));
+            if parallel {
+                matmul(g.co, ohw, k, yb, false, a, bm);
+            } else {
+                matmul_serial(g.co, ohw, k, yb, false, a, bm);
+            }
+        };
+        if per_image(g) {
+            y.par_chunks_mut(g.co * ohw).enumerate().for_each_init(
+                || vec![T::ZERO; cols_len],
+                |cols, (b, yb)| image(b, yb, cols, false),
             );
+        } else {
+            let mut cols = vec![T::ZERO; cols_len];
+            for (b, yb) in y.chunks_mut(g.co * ohw).enumerate() {
+                image(b, yb, &mut cols, true);
+            }
         }
         Ok((T::wrap(y), Shape::from((g.n, g.co, g.oh, g.ow))))
     }
@@ -230,9 +255,20 @@ impl CustomOp2 for ConvOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &ConvGradInput { geom: self.geom })?;
-        let dw = x.apply_op2_no_bwd(&dy, &ConvGradWeight { geom: self.geom })?;
-        Ok((Some(dx), Some(dw)))
+        // An input that is neither a variable nor computed from one (the image batch) gets no gradient, as
+        // in PyTorch: for the stem that skips a full-resolution GEMM and col2im. A frozen (detached) weight
+        // likewise.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &ConvGradInput { geom: self.geom })?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&dy, &ConvGradWeight { geom: self.geom })?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
 
@@ -246,34 +282,27 @@ impl ConvGradInput {
         let g = &self.geom;
         let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
         let mut dx = vec![T::ZERO; g.n * chw];
-        let mut dcols = if g.pointwise() {
-            Vec::new()
-        } else {
-            vec![T::ZERO; k * ohw]
-        };
-        for (b, dxb) in dx.chunks_mut(chw).enumerate() {
-            let dyb = &dy[b * g.co * ohw..(b + 1) * g.co * ohw];
+        let cols_len = if g.pointwise() { 0 } else { k * ohw };
+        let image = |b: usize, dxb: &mut [T], dcols: &mut Vec<T>, parallel: bool| {
+            let dyb = Mat::rows(&dy[b * g.co * ohw..(b + 1) * g.co * ohw], ohw);
+            let wt = Mat::transposed(w, k);
+            let product = if parallel { matmul } else { matmul_serial };
             if g.pointwise() {
-                matmul(
-                    g.ci,
-                    ohw,
-                    g.co,
-                    dxb,
-                    false,
-                    Mat::transposed(w, k),
-                    Mat::rows(dyb, ohw),
-                );
+                product(g.ci, ohw, g.co, dxb, false, wt, dyb);
             } else {
-                matmul(
-                    k,
-                    ohw,
-                    g.co,
-                    &mut dcols,
-                    false,
-                    Mat::transposed(w, k),
-                    Mat::rows(dyb, ohw),
-                );
-                col2im(g, &dcols, dxb);
+                product(k, ohw, g.co, dcols, false, wt, dyb);
+                col2im(g, dcols, dxb, parallel);
+            }
+        };
+        if per_image(g) {
+            dx.par_chunks_mut(chw).enumerate().for_each_init(
+                || vec![T::ZERO; cols_len],
+                |dcols, (b, dxb)| image(b, dxb, dcols, false),
+            );
+        } else {
+            let mut dcols = vec![T::ZERO; cols_len];
+            for (b, dxb) in dx.chunks_mut(chw).enumerate() {
+                image(b, dxb, &mut dcols, true);
             }
         }
         Ok((T::wrap(dx), Shape::from((g.n, g.ci, g.h, g.w))))
@@ -305,30 +334,45 @@ impl ConvGradWeight {
     fn run<T: Elem>(&self, x: &[T], dy: &[T]) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
-        let mut dw = vec![T::ZERO; g.co * k];
-        let mut cols = if g.pointwise() {
-            Vec::new()
-        } else {
-            vec![T::ZERO; k * ohw]
+        let cols_len = if g.pointwise() { 0 } else { k * ohw };
+        // dW (+)= dY_b * cols_b^T for the images `range`, into `dw`.
+        let images = |range: std::ops::Range<usize>, dw: &mut [T], parallel: bool| {
+            let mut cols = vec![T::ZERO; cols_len];
+            let product = if parallel { matmul } else { matmul_serial };
+            for (i, b) in range.enumerate() {
+                let xb = &x[b * chw..(b + 1) * chw];
+                let dyb = &dy[b * g.co * ohw..(b + 1) * g.co * ohw];
+                let rhs: &[T] = if g.pointwise() {
+                    xb
+                } else {
+                    im2col(g, xb, &mut cols, parallel);
+                    &cols
+                };
+                let (a, bt) = (Mat::rows(dyb, ohw), Mat::transposed(rhs, ohw));
+                product(g.co, k, ohw, dw, i > 0, a, bt);
+            }
         };
-        for b in 0..g.n {
-            let xb = &x[b * chw..(b + 1) * chw];
-            let dyb = &dy[b * g.co * ohw..(b + 1) * g.co * ohw];
-            let rhs: &[T] = if g.pointwise() {
-                xb
-            } else {
-                im2col(g, xb, &mut cols);
-                &cols
-            };
-            matmul(
-                g.co,
-                k,
-                ohw,
-                &mut dw,
-                b > 0,
-                Mat::rows(dyb, ohw),
-                Mat::transposed(rhs, ohw),
-            );
+        let mut dw = vec![T::ZERO; g.co * k];
+        if per_image(g) {
+            // One partial dW per thread over a contiguous share of the batch, then their sum.
+            let threads = rayon::current_num_threads().min(g.n);
+            let share = g.n.div_ceil(threads);
+            let mut partials: Vec<Vec<T>> = (1..threads).map(|_| vec![T::ZERO; g.co * k]).collect();
+            rayon::scope(|sc| {
+                sc.spawn(|_| images(0..share.min(g.n), &mut dw, false));
+                for (t, part) in partials.iter_mut().enumerate() {
+                    let (lo, hi) = (((t + 1) * share).min(g.n), ((t + 2) * share).min(g.n));
+                    let images = &images;
+                    sc.spawn(move |_| images(lo..hi, part, false));
+                }
+            });
+            for part in &partials {
+                dw.par_chunks_mut(1 << 14)
+                    .zip(part.par_chunks(1 << 14))
+                    .for_each(|(d, p)| d.iter_mut().zip(p).for_each(|(d, &p)| *d += p));
+            }
+        } else {
+            images(0..g.n, &mut dw, true);
         }
         Ok((T::wrap(dw), Shape::from((g.co, g.ci, g.kh, g.kw))))
     }
@@ -417,9 +461,20 @@ impl CustomOp2 for DepthwiseOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &DepthwiseGradInput { geom: self.geom })?;
-        let dw = x.apply_op2_no_bwd(&dy, &DepthwiseGradWeight { geom: self.geom })?;
-        Ok((Some(dx), Some(dw)))
+        // An input that is neither a variable nor computed from one (the image batch) gets no gradient, as
+        // in PyTorch: for the stem that skips a full-resolution GEMM and col2im. A frozen (detached) weight
+        // likewise.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &DepthwiseGradInput { geom: self.geom })?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&dy, &DepthwiseGradWeight { geom: self.geom })?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
 

@@ -142,6 +142,33 @@ pub(crate) fn matmul<T: Elem>(
     a: Mat<T>,
     b: Mat<T>,
 ) {
+    gemm_into(m, n, k, c, accumulate, a, b, true)
+}
+
+/// [`matmul`] on the calling thread alone, for callers that already run one product per rayon task.
+pub(crate) fn matmul_serial<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    accumulate: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+) {
+    gemm_into(m, n, k, c, accumulate, a, b, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    accumulate: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+    parallel: bool,
+) {
     assert!(c.len() >= m * n, "matmul: destination too small");
     if m == 0 || n == 0 {
         return;
@@ -153,7 +180,7 @@ pub(crate) fn matmul<T: Elem>(
         return;
     }
     let flops = m * n * k;
-    let par = if flops < 1 << 16 {
+    let par = if !parallel || flops < 1 << 16 {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(rayon::current_num_threads())

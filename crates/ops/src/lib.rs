@@ -7,8 +7,9 @@
 //! - [`depthwise_conv2d`]: one filter per channel (MobileNetV2), direct kernels.
 //! - [`max_pool2d`], [`global_max_pool`]: gradients routed to the first maximum (PyTorch's rule);
 //!   [`avg_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool`].
-//! - [`batch_norm`]: fused train/eval BatchNorm with PyTorch's running-statistics update.
-//! - [`relu6`], [`elu`], [`gradient_reversal`]: small ops the backbones and heads need.
+//! - [`batch_norm`]: fused train/eval BatchNorm with PyTorch's running-statistics update;
+//!   [`BatchNorm::forward_act`] also folds a residual add and a ReLU/ReLU6 into the same pass.
+//! - [`relu`], [`relu6`], [`elu`], [`gradient_reversal`]: small ops the backbones and heads need.
 //! - [`tune_allocator`]: glibc malloc settings that stop training steps page-faulting their buffers in.
 //! - [`ParamStore`] / [`Params`]: named parameters (torchvision's names) initialised from a seeded RNG,
 //!   because candle's CPU RNG cannot be seeded.
@@ -44,7 +45,7 @@ mod linear;
 mod params;
 mod pool;
 
-pub use activation::{elu, gradient_reversal, relu6};
+pub use activation::{elu, gradient_reversal, relu, relu6, Activation};
 pub use alloc::tune_allocator;
 pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
 pub use conv::{conv2d, depthwise_conv2d, Conv2d, Conv2dConfig};

@@ -6,7 +6,8 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use fgvc_ops::{
     adaptive_avg_pool2d, avg_pool2d, batch_norm, conv2d, depthwise_conv2d, elu, global_avg_pool,
-    global_max_pool, max_pool2d, relu6, BatchNormConfig, Conv2dConfig,
+    global_max_pool, max_pool2d, relu, relu6, Activation, BatchNorm, BatchNormConfig, Conv2dConfig,
+    ParamStore,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -169,6 +170,101 @@ fn batch_norm_gradients() {
     }
 }
 
+/// A BatchNorm on (3, 3, 2, 3) f64 inputs with random weight and bias, and the (x, residual) pair to feed it.
+fn fused_case(seed: u64) -> (ParamStore, BatchNorm, Tensor, Tensor) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let store = ParamStore::new(0, DType::F64, &Device::Cpu);
+    let bn = BatchNorm::new(3, &store.root()).unwrap();
+    for (name, var) in store.trainable() {
+        let (scale, shift) = if name == "weight" {
+            (1.0, 3.0)
+        } else {
+            (2.0, 1.0)
+        };
+        var.set(&randn(&mut rng, &[3], scale, shift)).unwrap();
+    }
+    let x = randn(&mut rng, &[3, 3, 2, 3], 2.0, 1.0);
+    let r = randn(&mut rng, &[3, 3, 2, 3], 3.0, 1.0);
+    (store, bn, x, r)
+}
+
+#[test]
+fn batch_norm_act_gradients() {
+    for train in [true, false] {
+        for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+            let (_, bn, x, r) = fused_case(42);
+            gradcheck(43, &[x.clone(), r], |t| {
+                bn.forward_act(&t[0], Some(&t[1]), act, train)
+            });
+            gradcheck(44, std::slice::from_ref(&x), |t| {
+                bn.forward_act(&t[0], None, act, train)
+            });
+        }
+    }
+}
+
+/// The fused op against BatchNorm, add and activation as separate ops: outputs, running statistics and the
+/// gradients of x, the residual, weight and bias.
+#[test]
+fn batch_norm_act_matches_the_separate_ops() {
+    for train in [true, false] {
+        for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+            for with_residual in [true, false] {
+                let run = |fused: bool| {
+                    let (store, bn, x, r) = fused_case(45);
+                    let (x, r) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&r).unwrap());
+                    let residual = with_residual.then(|| r.as_tensor());
+                    let y = if fused {
+                        bn.forward_act(x.as_tensor(), residual, act, train).unwrap()
+                    } else {
+                        let z = bn.forward_t(x.as_tensor(), train).unwrap();
+                        let z = match residual {
+                            Some(r) => (z + r).unwrap(),
+                            None => z,
+                        };
+                        match act {
+                            Activation::Identity => z,
+                            Activation::Relu => z.relu().unwrap(),
+                            Activation::Relu6 => z.clamp(0f64, 6f64).unwrap(),
+                        }
+                    };
+                    let g = Tensor::arange(0f64, 54., &Device::Cpu)
+                        .unwrap()
+                        .sin()
+                        .unwrap()
+                        .reshape((3, 3, 2, 3))
+                        .unwrap();
+                    let grads = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
+                    let mut out = vec![y.flatten_all().unwrap().to_vec1::<f64>().unwrap()];
+                    let mut vars = vec![x];
+                    if with_residual {
+                        vars.push(r);
+                    }
+                    vars.extend(store.trainable().into_iter().map(|(_, v)| v));
+                    for v in &vars {
+                        let gv = grads.get(v.as_tensor()).expect("gradient");
+                        out.push(gv.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+                    }
+                    for (_, v) in store.all() {
+                        out.push(v.as_tensor().to_vec1::<f64>().unwrap());
+                    }
+                    out
+                };
+                let (fused, separate) = (run(true), run(false));
+                assert_eq!(fused.len(), separate.len());
+                for (a, b) in fused.iter().zip(&separate) {
+                    for (p, q) in a.iter().zip(b) {
+                        assert!(
+                            (p - q).abs() <= 1e-9 * (1.0 + q.abs()),
+                            "train {train} {act:?} residual {with_residual}: {p} vs {q}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn activation_gradients() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -185,6 +281,7 @@ fn activation_gradients() {
         .collect();
     let x = Tensor::from_vec(x, (4, 10), &Device::Cpu).unwrap();
     gradcheck(50, std::slice::from_ref(&x), |t| relu6(&t[0]));
+    gradcheck(52, std::slice::from_ref(&x), |t| relu(&t[0]));
     gradcheck(51, std::slice::from_ref(&x), |t| elu(&t[0], 0.7));
 }
 
