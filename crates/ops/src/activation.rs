@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, dispatch, fast_path, Elem};
+use crate::cpu::{contiguous, dispatch, fast_path, simd, Elem};
 
 /// The activations a BatchNorm can fuse ([`crate::BatchNorm::forward_act`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,31 +85,33 @@ impl Unary {
         let six = T::from_f64(6.);
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(out, inp)| match *self {
-                Unary::Relu => {
-                    for (o, &v) in out.iter_mut().zip(inp) {
-                        // NaN propagates, as in PyTorch's relu.
-                        *o = if v < T::ZERO { T::ZERO } else { v };
+            .for_each(|(out, inp)| {
+                simd(|| match *self {
+                    Unary::Relu => {
+                        for (o, &v) in out.iter_mut().zip(inp) {
+                            // NaN propagates, as in PyTorch's relu.
+                            *o = if v < T::ZERO { T::ZERO } else { v };
+                        }
                     }
-                }
-                Unary::Relu6 => {
-                    for (o, &v) in out.iter_mut().zip(inp) {
-                        // Two selects rather than an if-else chain: branch-free, and NaN propagates as in
-                        // PyTorch's clamp.
-                        let lo = if v < T::ZERO { T::ZERO } else { v };
-                        *o = if lo > six { six } else { lo };
+                    Unary::Relu6 => {
+                        for (o, &v) in out.iter_mut().zip(inp) {
+                            // Two selects rather than an if-else chain: branch-free, and NaN propagates as in
+                            // PyTorch's clamp.
+                            let lo = if v < T::ZERO { T::ZERO } else { v };
+                            *o = if lo > six { six } else { lo };
+                        }
                     }
-                }
-                Unary::Elu(alpha) => {
-                    let a = T::from_f64(alpha);
-                    for (o, &v) in out.iter_mut().zip(inp) {
-                        *o = if v > T::ZERO {
-                            v
-                        } else {
-                            a * (v.exp() - T::ONE)
-                        };
+                    Unary::Elu(alpha) => {
+                        let a = T::from_f64(alpha);
+                        for (o, &v) in out.iter_mut().zip(inp) {
+                            *o = if v > T::ZERO {
+                                v
+                            } else {
+                                a * (v.exp() - T::ONE)
+                            };
+                        }
                     }
-                }
+                })
             });
         y
     }
@@ -119,23 +121,29 @@ impl Unary {
         let six = T::from_f64(6.);
         dx.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(out, (inp, g))| match *self {
-                Unary::Relu => {
-                    for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
-                        *o = if v > T::ZERO { g } else { T::ZERO };
+            .for_each(|(out, (inp, g))| {
+                simd(|| match *self {
+                    Unary::Relu => {
+                        for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                            *o = if v > T::ZERO { g } else { T::ZERO };
+                        }
                     }
-                }
-                Unary::Relu6 => {
-                    for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
-                        *o = if v > T::ZERO && v < six { g } else { T::ZERO };
+                    Unary::Relu6 => {
+                        for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                            *o = if (v > T::ZERO) & (v < six) {
+                                g
+                            } else {
+                                T::ZERO
+                            };
+                        }
                     }
-                }
-                Unary::Elu(alpha) => {
-                    let a = T::from_f64(alpha);
-                    for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
-                        *o = if v > T::ZERO { g } else { g * a * v.exp() };
+                    Unary::Elu(alpha) => {
+                        let a = T::from_f64(alpha);
+                        for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                            *o = if v > T::ZERO { g } else { g * a * v.exp() };
+                        }
                     }
-                }
+                })
             });
         dx
     }

@@ -6,7 +6,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::activation::Activation;
-use crate::cpu::{contiguous, dispatch, fast_path, plane_chunk, Elem};
+use crate::cpu::{contiguous, dispatch, fast_path, plane_chunk, simd, Elem};
 use crate::params::{Init, Params};
 
 /// `eps`, `momentum` and whether the layer has a learnable affine transform.
@@ -268,7 +268,7 @@ impl Planes {
             .map(|c| {
                 let mut acc = [0f64; K];
                 for b in 0..self.n {
-                    let part = f(c, (b * self.c + c) * self.s);
+                    let part = simd(|| f(c, (b * self.c + c) * self.s));
                     for (a, p) in acc.iter_mut().zip(part) {
                         *a += p;
                     }
@@ -283,10 +283,12 @@ impl Planes {
         let (c, s) = (self.c, self.s.max(1));
         let chunk = plane_chunk(c, s);
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, ch)| {
-            for (j, plane) in ch.chunks_mut(s).enumerate() {
-                let p = i * (chunk / s) + j;
-                f(p % c, p * s, plane);
-            }
+            simd(|| {
+                for (j, plane) in ch.chunks_mut(s).enumerate() {
+                    let p = i * (chunk / s) + j;
+                    f(p % c, p * s, plane);
+                }
+            })
         });
     }
 }
@@ -703,10 +705,12 @@ impl CustomOp2 for ActGrad {
             dz.par_chunks_mut(1 << 14)
                 .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
                 .for_each(|(o, (g, v))| {
-                    for ((o, &g), &v) in o.iter_mut().zip(g).zip(v) {
-                        let pass = v > T::ZERO && (!relu6 || v < six);
-                        *o = if pass { g } else { T::ZERO };
-                    }
+                    simd(|| {
+                        for ((o, &g), &v) in o.iter_mut().zip(g).zip(v) {
+                            let pass = (v > T::ZERO) & (!relu6 | (v < six));
+                            *o = if pass { g } else { T::ZERO };
+                        }
+                    })
                 });
             Ok((T::wrap(dz), l1.shape().clone()))
         })
@@ -729,12 +733,13 @@ impl ChannelSums {
             Activation::Relu => self.sums(x, dy, y, |g, v| if v > T::ZERO { g } else { T::ZERO }),
             Activation::Relu6 => {
                 let six = T::from_f64(6.);
-                self.sums(
-                    x,
-                    dy,
-                    y,
-                    |g, v| if v > T::ZERO && v < six { g } else { T::ZERO },
-                )
+                self.sums(x, dy, y, |g, v| {
+                    if (v > T::ZERO) & (v < six) {
+                        g
+                    } else {
+                        T::ZERO
+                    }
+                })
             }
         };
         let c = self.planes.c;
@@ -807,7 +812,7 @@ impl ChannelGrad {
             Activation::Relu6 => {
                 let six = T::from_f64(6.);
                 self.fill(dy, x, y, &mut dx, |g, v| {
-                    if v > T::ZERO && v < six {
+                    if (v > T::ZERO) & (v < six) {
                         g
                     } else {
                         T::ZERO

@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::conv::Conv2dConfig;
-use crate::cpu::{contiguous, dispatch, dot, matmul, matmul_serial, valid_range, Elem, Mat};
+use crate::cpu::{contiguous, dispatch, dot, matmul, matmul_serial, simd, valid_range, Elem, Mat};
 
 /// Every size of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,30 +113,32 @@ impl Geometry {
 fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], parallel: bool) {
     let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
     let fill = |(r, row): (usize, &mut [T])| {
-        let (c, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
-        let plane = &x[c * hw..(c + 1) * hw];
-        let (yoff, xoff) = (g.yoff(ky), g.xoff(kx));
-        let ys = valid_range(g.oh, g.h, g.sh, yoff);
-        let xs = valid_range(g.ow, g.w, g.sw, xoff);
-        for oy in 0..g.oh {
-            let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
-            if !ys.contains(&oy) {
-                out.fill(T::ZERO);
-                continue;
-            }
-            let iy = (oy as isize * g.sh as isize + yoff) as usize;
-            let inrow = &plane[iy * g.w..(iy + 1) * g.w];
-            out[..xs.start].fill(T::ZERO);
-            out[xs.end..].fill(T::ZERO);
-            if g.sw == 1 {
-                let ix0 = (xs.start as isize + xoff) as usize;
-                out[xs.clone()].copy_from_slice(&inrow[ix0..ix0 + xs.len()]);
-            } else {
-                for ox in xs.clone() {
-                    out[ox] = inrow[(ox as isize * g.sw as isize + xoff) as usize];
+        simd(|| {
+            let (c, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
+            let plane = &x[c * hw..(c + 1) * hw];
+            let (yoff, xoff) = (g.yoff(ky), g.xoff(kx));
+            let ys = valid_range(g.oh, g.h, g.sh, yoff);
+            let xs = valid_range(g.ow, g.w, g.sw, xoff);
+            for oy in 0..g.oh {
+                let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                if !ys.contains(&oy) {
+                    out.fill(T::ZERO);
+                    continue;
+                }
+                let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                let inrow = &plane[iy * g.w..(iy + 1) * g.w];
+                out[..xs.start].fill(T::ZERO);
+                out[xs.end..].fill(T::ZERO);
+                if g.sw == 1 {
+                    let ix0 = (xs.start as isize + xoff) as usize;
+                    out[xs.clone()].copy_from_slice(&inrow[ix0..ix0 + xs.len()]);
+                } else {
+                    for ox in xs.clone() {
+                        out[ox] = inrow[(ox as isize * g.sw as isize + xoff) as usize];
+                    }
                 }
             }
-        }
+        })
     };
     if parallel {
         cols.par_chunks_mut(ohw).enumerate().for_each(fill);
@@ -150,30 +152,33 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], parallel: bool) {
 fn col2im<T: Elem>(g: &Geometry, dcols: &[T], dx: &mut [T], parallel: bool) {
     let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
     let scatter = |(c, plane): (usize, &mut [T])| {
-        plane.fill(T::ZERO);
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = &dcols[(c * kk + ky * g.kw + kx) * ohw..][..ohw];
-                let (yoff, xoff) = (g.yoff(ky), g.xoff(kx));
-                let xs = valid_range(g.ow, g.w, g.sw, xoff);
-                for oy in valid_range(g.oh, g.h, g.sh, yoff) {
-                    let iy = (oy as isize * g.sh as isize + yoff) as usize;
-                    let inrow = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    let grow = &row[oy * g.ow..(oy + 1) * g.ow];
-                    if g.sw == 1 {
-                        let ix0 = (xs.start as isize + xoff) as usize;
-                        for (d, &v) in inrow[ix0..ix0 + xs.len()].iter_mut().zip(&grow[xs.clone()])
-                        {
-                            *d += v;
-                        }
-                    } else {
-                        for ox in xs.clone() {
-                            inrow[(ox as isize * g.sw as isize + xoff) as usize] += grow[ox];
+        simd(|| {
+            plane.fill(T::ZERO);
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = &dcols[(c * kk + ky * g.kw + kx) * ohw..][..ohw];
+                    let (yoff, xoff) = (g.yoff(ky), g.xoff(kx));
+                    let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                    for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                        let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                        let inrow = &mut plane[iy * g.w..(iy + 1) * g.w];
+                        let grow = &row[oy * g.ow..(oy + 1) * g.ow];
+                        if g.sw == 1 {
+                            let ix0 = (xs.start as isize + xoff) as usize;
+                            for (d, &v) in
+                                inrow[ix0..ix0 + xs.len()].iter_mut().zip(&grow[xs.clone()])
+                            {
+                                *d += v;
+                            }
+                        } else {
+                            for ox in xs.clone() {
+                                inrow[(ox as isize * g.sw as isize + xoff) as usize] += grow[ox];
+                            }
                         }
                     }
                 }
             }
-        }
+        })
     };
     if parallel {
         dx.par_chunks_mut(hw).enumerate().for_each(scatter);
@@ -369,7 +374,7 @@ impl ConvGradWeight {
             for part in &partials {
                 dw.par_chunks_mut(1 << 14)
                     .zip(part.par_chunks(1 << 14))
-                    .for_each(|(d, p)| d.iter_mut().zip(p).for_each(|(d, &p)| *d += p));
+                    .for_each(|(d, p)| simd(|| d.iter_mut().zip(p).for_each(|(d, &p)| *d += p)));
             }
         } else {
             images(0..g.n, &mut dw, true);
@@ -405,34 +410,36 @@ impl DepthwiseOp {
         let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
         let mut y = vec![T::ZERO; g.n * g.ci * ohw];
         y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
-            let c = p % g.ci;
-            let plane = &x[p * hw..(p + 1) * hw];
-            let wk = &w[c * kk..(c + 1) * kk];
-            for ky in 0..g.kh {
-                let yoff = g.yoff(ky);
-                for kx in 0..g.kw {
-                    let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
-                    let xs = valid_range(g.ow, g.w, g.sw, xoff);
-                    for oy in valid_range(g.oh, g.h, g.sh, yoff) {
-                        let iy = (oy as isize * g.sh as isize + yoff) as usize;
-                        let inrow = &plane[iy * g.w..(iy + 1) * g.w];
-                        let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
-                        if g.sw == 1 {
-                            let ix0 = (xs.start as isize + xoff) as usize;
-                            for (o, &v) in
-                                orow[xs.clone()].iter_mut().zip(&inrow[ix0..ix0 + xs.len()])
-                            {
-                                *o += wv * v;
-                            }
-                        } else {
-                            for ox in xs.clone() {
-                                orow[ox] +=
-                                    wv * inrow[(ox as isize * g.sw as isize + xoff) as usize];
+            simd(|| {
+                let c = p % g.ci;
+                let plane = &x[p * hw..(p + 1) * hw];
+                let wk = &w[c * kk..(c + 1) * kk];
+                for ky in 0..g.kh {
+                    let yoff = g.yoff(ky);
+                    for kx in 0..g.kw {
+                        let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
+                        let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                        for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                            let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                            let inrow = &plane[iy * g.w..(iy + 1) * g.w];
+                            let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+                            if g.sw == 1 {
+                                let ix0 = (xs.start as isize + xoff) as usize;
+                                for (o, &v) in
+                                    orow[xs.clone()].iter_mut().zip(&inrow[ix0..ix0 + xs.len()])
+                                {
+                                    *o += wv * v;
+                                }
+                            } else {
+                                for ox in xs.clone() {
+                                    orow[ox] +=
+                                        wv * inrow[(ox as isize * g.sw as isize + xoff) as usize];
+                                }
                             }
                         }
                     }
                 }
-            }
+            })
         });
         Ok((T::wrap(y), Shape::from((g.n, g.ci, g.oh, g.ow))))
     }
@@ -489,34 +496,36 @@ impl DepthwiseGradInput {
         let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
         let mut dx = vec![T::ZERO; g.n * g.ci * hw];
         dx.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
-            let c = p % g.ci;
-            let gplane = &dy[p * ohw..(p + 1) * ohw];
-            let wk = &w[c * kk..(c + 1) * kk];
-            for ky in 0..g.kh {
-                let yoff = g.yoff(ky);
-                for kx in 0..g.kw {
-                    let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
-                    let xs = valid_range(g.ow, g.w, g.sw, xoff);
-                    for oy in valid_range(g.oh, g.h, g.sh, yoff) {
-                        let iy = (oy as isize * g.sh as isize + yoff) as usize;
-                        let drow = &mut plane[iy * g.w..(iy + 1) * g.w];
-                        let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
-                        if g.sw == 1 {
-                            let ix0 = (xs.start as isize + xoff) as usize;
-                            for (d, &v) in
-                                drow[ix0..ix0 + xs.len()].iter_mut().zip(&grow[xs.clone()])
-                            {
-                                *d += wv * v;
-                            }
-                        } else {
-                            for ox in xs.clone() {
-                                drow[(ox as isize * g.sw as isize + xoff) as usize] +=
-                                    wv * grow[ox];
+            simd(|| {
+                let c = p % g.ci;
+                let gplane = &dy[p * ohw..(p + 1) * ohw];
+                let wk = &w[c * kk..(c + 1) * kk];
+                for ky in 0..g.kh {
+                    let yoff = g.yoff(ky);
+                    for kx in 0..g.kw {
+                        let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
+                        let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                        for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                            let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                            let drow = &mut plane[iy * g.w..(iy + 1) * g.w];
+                            let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
+                            if g.sw == 1 {
+                                let ix0 = (xs.start as isize + xoff) as usize;
+                                for (d, &v) in
+                                    drow[ix0..ix0 + xs.len()].iter_mut().zip(&grow[xs.clone()])
+                                {
+                                    *d += wv * v;
+                                }
+                            } else {
+                                for ox in xs.clone() {
+                                    drow[(ox as isize * g.sw as isize + xoff) as usize] +=
+                                        wv * grow[ox];
+                                }
                             }
                         }
                     }
                 }
-            }
+            })
         });
         Ok((T::wrap(dx), Shape::from((g.n, g.ci, g.h, g.w))))
     }
@@ -549,40 +558,42 @@ impl DepthwiseGradWeight {
         let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
         let mut dw = vec![T::ZERO; g.ci * kk];
         dw.par_chunks_mut(kk).enumerate().for_each(|(c, wk)| {
-            let mut acc = vec![0f64; kk];
-            for b in 0..g.n {
-                let p = b * g.ci + c;
-                let plane = &x[p * hw..(p + 1) * hw];
-                let gplane = &dy[p * ohw..(p + 1) * ohw];
-                for ky in 0..g.kh {
-                    let yoff = g.yoff(ky);
-                    for kx in 0..g.kw {
-                        let xoff = g.xoff(kx);
-                        let xs = valid_range(g.ow, g.w, g.sw, xoff);
-                        let mut sum = T::ZERO;
-                        for oy in valid_range(g.oh, g.h, g.sh, yoff) {
-                            let iy = (oy as isize * g.sh as isize + yoff) as usize;
-                            let inrow = &plane[iy * g.w..(iy + 1) * g.w];
-                            let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
-                            let mut row = T::ZERO;
-                            if g.sw == 1 {
-                                let ix0 = (xs.start as isize + xoff) as usize;
-                                row = dot(&inrow[ix0..ix0 + xs.len()], &grow[xs.clone()]);
-                            } else {
-                                for ox in xs.clone() {
-                                    row += inrow[(ox as isize * g.sw as isize + xoff) as usize]
-                                        * grow[ox];
+            simd(|| {
+                let mut acc = vec![0f64; kk];
+                for b in 0..g.n {
+                    let p = b * g.ci + c;
+                    let plane = &x[p * hw..(p + 1) * hw];
+                    let gplane = &dy[p * ohw..(p + 1) * ohw];
+                    for ky in 0..g.kh {
+                        let yoff = g.yoff(ky);
+                        for kx in 0..g.kw {
+                            let xoff = g.xoff(kx);
+                            let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                            let mut sum = T::ZERO;
+                            for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                                let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                                let inrow = &plane[iy * g.w..(iy + 1) * g.w];
+                                let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
+                                let mut row = T::ZERO;
+                                if g.sw == 1 {
+                                    let ix0 = (xs.start as isize + xoff) as usize;
+                                    row = dot(&inrow[ix0..ix0 + xs.len()], &grow[xs.clone()]);
+                                } else {
+                                    for ox in xs.clone() {
+                                        row += inrow[(ox as isize * g.sw as isize + xoff) as usize]
+                                            * grow[ox];
+                                    }
                                 }
+                                sum += row;
                             }
-                            sum += row;
+                            acc[ky * g.kw + kx] += sum.to_f64();
                         }
-                        acc[ky * g.kw + kx] += sum.to_f64();
                     }
                 }
-            }
-            for (d, a) in wk.iter_mut().zip(acc) {
-                *d = T::from_f64(a);
-            }
+                for (d, a) in wk.iter_mut().zip(acc) {
+                    *d = T::from_f64(a);
+                }
+            })
         });
         Ok((T::wrap(dw), Shape::from((g.ci, 1, g.kh, g.kw))))
     }

@@ -253,6 +253,29 @@ pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
     (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
 }
 
+/// Runs `f` compiled for AVX2 and FMA when this CPU has them, as it is otherwise. The crate is built for the
+/// baseline x86-64 (SSE2) so that its binaries run anywhere; our element-wise and reduction loops only
+/// vectorise 8-wide once `f` is inlined into a function that enables the wider instructions, which this does
+/// after a (cached) runtime check. Call it around the loop of one parallel task.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: both features were detected on the running CPU.
+            return unsafe { with_avx2_fma(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Splits a `(N, C, S)` buffer into chunks worth parallelising over: single planes when they are large,
 /// whole `(C, S)` rows otherwise. Returns the chunk length (a multiple of `s`).
 pub(crate) fn plane_chunk(c: usize, s: usize) -> usize {

@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, dispatch, fast_path, Elem};
+use crate::cpu::{contiguous, dispatch, fast_path, simd, Elem};
 
 /// Max pooling with a `k` x `k` window, `stride` and `-inf` padding (`nn.MaxPool2d(k, stride, padding)`).
 ///
@@ -268,8 +268,10 @@ impl MaxPool {
         let (oh, ow) = self.out_size(h, w);
         let mut y = vec![T::ZERO; n * c * oh * ow];
         y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, out)| {
-            let plane = &x[p * h * w..(p + 1) * h * w];
-            self.windows(plane, h, w, (oh, ow), |o, m, _, _| out[o] = m);
+            simd(|| {
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                self.windows(plane, h, w, (oh, ow), |o, m, _, _| out[o] = m);
+            })
         });
         Ok((T::wrap(y), Shape::from((n, c, oh, ow))))
     }
@@ -303,11 +305,13 @@ impl MaxPoolGrad {
         dx.par_chunks_mut(h * w)
             .enumerate()
             .for_each(|(p, dplane)| {
-                let plane = &x[p * h * w..(p + 1) * h * w];
-                let gplane = &dy[p * oh * ow..(p + 1) * oh * ow];
-                self.0.windows(plane, h, w, (oh, ow), |o, m, rows, cols| {
-                    dplane[MaxPool::first_max(plane, w, m, rows, cols)] += gplane[o];
-                });
+                simd(|| {
+                    let plane = &x[p * h * w..(p + 1) * h * w];
+                    let gplane = &dy[p * oh * ow..(p + 1) * oh * ow];
+                    self.0.windows(plane, h, w, (oh, ow), |o, m, rows, cols| {
+                        dplane[MaxPool::first_max(plane, w, m, rows, cols)] += gplane[o];
+                    });
+                })
             });
         Ok((T::wrap(dx), Shape::from((n, c, h, w))))
     }
@@ -349,18 +353,20 @@ impl AvgWindows {
         let (oh, ow) = (self.rows.len(), self.cols.len());
         let mut y = vec![T::ZERO; n * c * oh * ow];
         y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, out)| {
-            let plane = &x[p * h * w..(p + 1) * h * w];
-            for (oy, &(ys, ye)) in self.rows.iter().enumerate() {
-                for (ox, &(xs, xe)) in self.cols.iter().enumerate() {
-                    let mut sum = T::ZERO;
-                    for iy in ys..ye {
-                        for &v in &plane[iy * w + xs..iy * w + xe] {
-                            sum += v;
+            simd(|| {
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                for (oy, &(ys, ye)) in self.rows.iter().enumerate() {
+                    for (ox, &(xs, xe)) in self.cols.iter().enumerate() {
+                        let mut sum = T::ZERO;
+                        for iy in ys..ye {
+                            for &v in &plane[iy * w + xs..iy * w + xe] {
+                                sum += v;
+                            }
                         }
+                        out[oy * ow + ox] = sum / T::from_f64(((ye - ys) * (xe - xs)) as f64);
                     }
-                    out[oy * ow + ox] = sum / T::from_f64(((ye - ys) * (xe - xs)) as f64);
                 }
-            }
+            })
         });
         Ok((T::wrap(y), Shape::from((n, c, oh, ow))))
     }
@@ -372,17 +378,20 @@ impl AvgWindows {
         dx.par_chunks_mut(h * w)
             .enumerate()
             .for_each(|(p, dplane)| {
-                let gplane = &dy[p * oh * ow..(p + 1) * oh * ow];
-                for (oy, &(ys, ye)) in self.rows.iter().enumerate() {
-                    for (ox, &(xs, xe)) in self.cols.iter().enumerate() {
-                        let g = gplane[oy * ow + ox] / T::from_f64(((ye - ys) * (xe - xs)) as f64);
-                        for iy in ys..ye {
-                            for d in &mut dplane[iy * w + xs..iy * w + xe] {
-                                *d += g;
+                simd(|| {
+                    let gplane = &dy[p * oh * ow..(p + 1) * oh * ow];
+                    for (oy, &(ys, ye)) in self.rows.iter().enumerate() {
+                        for (ox, &(xs, xe)) in self.cols.iter().enumerate() {
+                            let g =
+                                gplane[oy * ow + ox] / T::from_f64(((ye - ys) * (xe - xs)) as f64);
+                            for iy in ys..ye {
+                                for d in &mut dplane[iy * w + xs..iy * w + xe] {
+                                    *d += g;
+                                }
                             }
                         }
                     }
-                }
+                })
             });
         Ok((T::wrap(dx), Shape::from((n, c, h, w))))
     }
