@@ -99,7 +99,14 @@ fn main() -> Result<()> {
         &dev,
     )?;
     let params = store.trainable();
-    let lr = 1e-3;
+    // Plain SGD, in place (PyTorch's side: torch.optim.SGD(lr=1e-3)).
+    let sgd = fgvc_ops::SgdStep {
+        lr: 1e-3,
+        weight_decay: 0.,
+        momentum: 0.,
+        dampening: 0.,
+        nesterov: false,
+    };
     let mut times = Vec::with_capacity(iters);
     for it in 0..=iters {
         let t0 = Instant::now();
@@ -109,7 +116,7 @@ fn main() -> Result<()> {
             let grads = loss.backward()?;
             for (_, var) in &params {
                 if let Some(g) = grads.get(var.as_tensor()) {
-                    var.set(&(var.as_tensor() - g.affine(lr, 0.)?)?)?;
+                    fgvc_ops::sgd_step(var, g, None, &sgd)?;
                 }
             }
         } else {

@@ -27,6 +27,7 @@ pub(crate) trait Elem:
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
     fn slice(s: &CpuStorage) -> Result<&[Self]>;
+    fn slice_mut(s: &mut CpuStorage) -> Result<&mut [Self]>;
     fn wrap(v: Vec<Self>) -> CpuStorage;
 }
 
@@ -44,6 +45,16 @@ macro_rules! elem {
             }
             fn exp(self) -> Self {
                 <$t>::exp(self)
+            }
+            fn slice_mut(s: &mut CpuStorage) -> Result<&mut [Self]> {
+                match s {
+                    CpuStorage::$variant(v) => Ok(v),
+                    other => candle_core::bail!(
+                        "expected {} storage, got {:?}",
+                        stringify!($t),
+                        other.dtype()
+                    ),
+                }
             }
             fn slice(s: &CpuStorage) -> Result<&[Self]> {
                 match s {

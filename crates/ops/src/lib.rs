@@ -10,6 +10,7 @@
 //! - [`batch_norm`]: fused train/eval BatchNorm with PyTorch's running-statistics update;
 //!   [`BatchNorm::forward_act`] also folds a residual add and a ReLU/ReLU6 into the same pass.
 //! - [`relu`], [`relu6`], [`elu`], [`gradient_reversal`]: small ops the backbones and heads need.
+//! - [`sgd_step`], [`adamw_step`]: `torch.optim.SGD`/`AdamW` parameter updates in place, one pass per tensor.
 //! - [`tune_allocator`]: glibc malloc settings that stop training steps page-faulting their buffers in.
 //! - [`ParamStore`] / [`Params`]: named parameters (torchvision's names) initialised from a seeded RNG,
 //!   because candle's CPU RNG cannot be seeded.
@@ -44,6 +45,7 @@ mod dropout;
 mod linear;
 mod params;
 mod pool;
+mod update;
 
 pub use activation::{elu, gradient_reversal, relu, relu6, Activation};
 pub use alloc::tune_allocator;
@@ -53,3 +55,4 @@ pub use dropout::Dropout;
 pub use linear::Linear;
 pub use params::{is_buffer, Init, ParamStore, Params};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};
+pub use update::{adamw_step, sgd_step, AdamWStep, SgdStep};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{state_entries, GradPolicy, Optimizer, OptimizerState, ParamGroups, ZeroGrad};
@@ -55,8 +55,8 @@ pub struct AdamW {
     groups: ParamGroups,
     config: AdamWConfig,
     policy: GradPolicy,
-    exp_avg: Vec<Option<Tensor>>,
-    exp_avg_sq: Vec<Option<Tensor>>,
+    exp_avg: Vec<Option<Var>>,
+    exp_avg_sq: Vec<Option<Var>>,
     step: Vec<u64>,
 }
 
@@ -86,16 +86,6 @@ impl AdamW {
     }
 }
 
-/// `torch.lerp(start, end, w)` with PyTorch's two formulas (by `w < 0.5`).
-fn lerp(start: &Tensor, end: &Tensor, w: f64) -> Result<Tensor> {
-    let diff = end.sub(start)?;
-    Ok(if w < 0.5 {
-        start.add(&diff.affine(w, 0.0)?)?
-    } else {
-        end.sub(&diff.affine(1.0 - w, 0.0)?)?
-    })
-}
-
 impl Optimizer for AdamW {
     fn kind(&self) -> &'static str {
         "adamw"
@@ -116,34 +106,26 @@ impl Optimizer for AdamW {
             let Some(g) = g else { continue };
             let param = &self.groups.params()[i];
             let group = &self.groups.groups()[param.group];
-            let (lr, wd) = (group.lr, group.weight_decay);
-            let mut p = param.var.as_tensor().detach();
-            if wd != 0.0 {
-                p = p.affine(1.0 - lr * wd, 0.0)?;
-            }
+            let p = param.var.as_tensor();
+            let zeros = || Var::zeros(p.shape(), p.dtype(), p.device());
             let m = match self.exp_avg[i].take() {
                 Some(m) => m,
-                None => g.zeros_like()?,
+                None => zeros()?,
             };
             let v = match self.exp_avg_sq[i].take() {
                 Some(v) => v,
-                None => g.zeros_like()?,
+                None => zeros()?,
             };
-            let m = lerp(&m, &g, 1.0 - beta1)?;
-            let v = v
-                .affine(beta2, 0.0)?
-                .add(&g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
             self.step[i] += 1;
-            let t = self.step[i] as i32;
-            let bias_correction1 = 1.0 - beta1.powi(t);
-            let bias_correction2 = 1.0 - beta2.powi(t);
-            let step_size = lr / bias_correction1;
-            let denom = v
-                .sqrt()?
-                .affine(1.0 / bias_correction2.sqrt(), 0.0)?
-                .affine(1.0, eps)?;
-            let update = m.div(&denom)?.affine(step_size, 0.0)?;
-            param.var.set(&p.sub(&update)?)?;
+            let step = fgvc_ops::AdamWStep {
+                lr: group.lr,
+                weight_decay: group.weight_decay,
+                beta1,
+                beta2,
+                eps,
+                step: self.step[i],
+            };
+            fgvc_ops::adamw_step(&param.var, &g, &m, &v, &step)?;
             self.exp_avg[i] = Some(m);
             self.exp_avg_sq[i] = Some(v);
         }
@@ -155,8 +137,9 @@ impl Optimizer for AdamW {
         let mut steps = BTreeMap::new();
         for (i, p) in self.groups.params().iter().enumerate() {
             if let (Some(m), Some(v)) = (&self.exp_avg[i], &self.exp_avg_sq[i]) {
-                tensors.insert(format!("exp_avg/{}", p.name), m.clone());
-                tensors.insert(format!("exp_avg_sq/{}", p.name), v.clone());
+                // Copies: the moments are updated in place by later steps.
+                tensors.insert(format!("exp_avg/{}", p.name), m.as_tensor().copy()?);
+                tensors.insert(format!("exp_avg_sq/{}", p.name), v.as_tensor().copy()?);
                 steps.insert(p.name.clone(), self.step[i]);
             }
         }
@@ -176,7 +159,7 @@ impl Optimizer for AdamW {
         let n = self.groups.params().len();
         let (mut m, mut v) = (vec![None; n], vec![None; n]);
         for (buffer, i, t) in entries {
-            let t = t.to_device(self.groups.params()[i].var.device())?;
+            let t = Var::from_tensor(&t.to_device(self.groups.params()[i].var.device())?)?;
             match buffer {
                 "exp_avg" => m[i] = Some(t),
                 "exp_avg_sq" => v[i] = Some(t),

@@ -1,6 +1,6 @@
 //! `torch.optim.SGD`, step for step.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{state_entries, GradPolicy, Optimizer, OptimizerState, ParamGroups, ZeroGrad};
@@ -50,7 +50,7 @@ pub struct Sgd {
     groups: ParamGroups,
     config: SgdConfig,
     policy: GradPolicy,
-    momentum_buffer: Vec<Option<Tensor>>,
+    momentum_buffer: Vec<Option<Var>>,
     steps: u64,
 }
 
@@ -83,6 +83,7 @@ impl Sgd {
         self.groups
             .index_of(name)
             .and_then(|i| self.momentum_buffer[i].as_ref())
+            .map(|b| b.as_tensor())
     }
 }
 
@@ -110,27 +111,15 @@ impl Optimizer for Sgd {
             let Some(g) = g else { continue };
             let param = &self.groups.params()[i];
             let group = &self.groups.groups()[param.group];
-            let p = param.var.as_tensor().detach();
-            let mut d = if group.weight_decay != 0.0 {
-                g.add(&p.affine(group.weight_decay, 0.0)?)?
-            } else {
-                g
+            let step = fgvc_ops::SgdStep {
+                lr: group.lr,
+                weight_decay: group.weight_decay,
+                momentum,
+                dampening,
+                nesterov,
             };
-            if momentum != 0.0 {
-                let buf = match self.momentum_buffer[i].take() {
-                    None => d.copy()?,
-                    Some(b) => b
-                        .affine(momentum, 0.0)?
-                        .add(&d.affine(1.0 - dampening, 0.0)?)?,
-                };
-                d = if nesterov {
-                    d.add(&buf.affine(momentum, 0.0)?)?
-                } else {
-                    buf.clone()
-                };
-                self.momentum_buffer[i] = Some(buf);
-            }
-            param.var.set(&p.sub(&d.affine(group.lr, 0.0)?)?)?;
+            let buf = self.momentum_buffer[i].take();
+            self.momentum_buffer[i] = fgvc_ops::sgd_step(&param.var, &g, buf.as_ref(), &step)?;
         }
         self.steps += 1;
         Ok(())
@@ -140,7 +129,8 @@ impl Optimizer for Sgd {
         let mut tensors = std::collections::BTreeMap::new();
         for (p, b) in self.groups.params().iter().zip(&self.momentum_buffer) {
             if let Some(b) = b {
-                tensors.insert(format!("momentum_buffer/{}", p.name), b.clone());
+                // A copy: the buffer is updated in place by later steps.
+                tensors.insert(format!("momentum_buffer/{}", p.name), b.as_tensor().copy()?);
             }
         }
         Ok(OptimizerState {
@@ -163,7 +153,9 @@ impl Optimizer for Sgd {
                     "unexpected SGD state buffer {buffer:?}"
                 )));
             }
-            buffers[i] = Some(t.to_device(self.groups.params()[i].var.device())?);
+            buffers[i] = Some(Var::from_tensor(
+                &t.to_device(self.groups.params()[i].var.device())?,
+            )?);
         }
         let had: Vec<String> = serde_json::from_value(state.meta["had_grad"].clone())
             .map_err(|e| TrainError::Msg(format!("optimizer state: bad `had_grad`: {e}")))?;
