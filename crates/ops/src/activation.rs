@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, dispatch, fast_path, simd, Elem};
+use crate::cpu::{contiguous, dispatch, fast_path, simd, written, Elem};
 
 /// The activations a BatchNorm can fuse ([`crate::BatchNorm::forward_act`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,71 +81,77 @@ const CHUNK: usize = 1 << 14;
 
 impl Unary {
     fn fwd<T: Elem>(&self, x: &[T]) -> Vec<T> {
-        let mut y = vec![T::ZERO; x.len()];
         let six = T::from_f64(6.);
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(out, inp)| {
-                simd(|| match *self {
-                    Unary::Relu => {
-                        for (o, &v) in out.iter_mut().zip(inp) {
-                            // NaN propagates, as in PyTorch's relu.
-                            *o = if v < T::ZERO { T::ZERO } else { v };
-                        }
-                    }
-                    Unary::Relu6 => {
-                        for (o, &v) in out.iter_mut().zip(inp) {
-                            // Two selects rather than an if-else chain: branch-free, and NaN propagates as in
-                            // PyTorch's clamp.
-                            let lo = if v < T::ZERO { T::ZERO } else { v };
-                            *o = if lo > six { six } else { lo };
-                        }
-                    }
-                    Unary::Elu(alpha) => {
-                        let a = T::from_f64(alpha);
-                        for (o, &v) in out.iter_mut().zip(inp) {
-                            *o = if v > T::ZERO {
-                                v
-                            } else {
-                                a * (v.exp() - T::ONE)
-                            };
-                        }
-                    }
-                })
-            });
-        y
+        // SAFETY: the chunks tile y and every element of each is written.
+        unsafe {
+            written(x.len(), |y| {
+                y.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|(out, inp)| {
+                        simd(|| match *self {
+                            Unary::Relu => {
+                                for (o, &v) in out.iter_mut().zip(inp) {
+                                    // NaN propagates, as in PyTorch's relu.
+                                    o.write(if v < T::ZERO { T::ZERO } else { v });
+                                }
+                            }
+                            Unary::Relu6 => {
+                                for (o, &v) in out.iter_mut().zip(inp) {
+                                    // Two selects rather than an if-else chain: branch-free, and NaN propagates as in
+                                    // PyTorch's clamp.
+                                    let lo = if v < T::ZERO { T::ZERO } else { v };
+                                    o.write(if lo > six { six } else { lo });
+                                }
+                            }
+                            Unary::Elu(alpha) => {
+                                let a = T::from_f64(alpha);
+                                for (o, &v) in out.iter_mut().zip(inp) {
+                                    o.write(if v > T::ZERO {
+                                        v
+                                    } else {
+                                        a * (v.exp() - T::ONE)
+                                    });
+                                }
+                            }
+                        })
+                    });
+            })
+        }
     }
 
     fn grad<T: Elem>(&self, x: &[T], dy: &[T]) -> Vec<T> {
-        let mut dx = vec![T::ZERO; x.len()];
         let six = T::from_f64(6.);
-        dx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(out, (inp, g))| {
-                simd(|| match *self {
-                    Unary::Relu => {
-                        for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
-                            *o = if v > T::ZERO { g } else { T::ZERO };
-                        }
-                    }
-                    Unary::Relu6 => {
-                        for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
-                            *o = if (v > T::ZERO) & (v < six) {
-                                g
-                            } else {
-                                T::ZERO
-                            };
-                        }
-                    }
-                    Unary::Elu(alpha) => {
-                        let a = T::from_f64(alpha);
-                        for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
-                            *o = if v > T::ZERO { g } else { g * a * v.exp() };
-                        }
-                    }
-                })
-            });
-        dx
+        // SAFETY: the chunks tile dx and every element of each is written.
+        unsafe {
+            written(x.len(), |dx| {
+                dx.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+                    .for_each(|(out, (inp, g))| {
+                        simd(|| match *self {
+                            Unary::Relu => {
+                                for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                                    o.write(if v > T::ZERO { g } else { T::ZERO });
+                                }
+                            }
+                            Unary::Relu6 => {
+                                for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                                    o.write(if (v > T::ZERO) & (v < six) {
+                                        g
+                                    } else {
+                                        T::ZERO
+                                    });
+                                }
+                            }
+                            Unary::Elu(alpha) => {
+                                let a = T::from_f64(alpha);
+                                for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
+                                    o.write(if v > T::ZERO { g } else { g * a * v.exp() });
+                                }
+                            }
+                        })
+                    });
+            })
+        }
     }
 }
 

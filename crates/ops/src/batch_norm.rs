@@ -1,12 +1,14 @@
 //! BatchNorm (2-d and 1-d) with PyTorch's train/eval semantics and running-statistics update.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var,
 };
 use rayon::prelude::*;
 
 use crate::activation::Activation;
-use crate::cpu::{contiguous, dispatch, fast_path, plane_chunk, simd, Elem};
+use crate::cpu::{contiguous, dispatch, fast_path, plane_chunk, simd, written, Elem};
 use crate::params::{Init, Params};
 
 /// `eps`, `momentum` and whether the layer has a learnable affine transform.
@@ -278,8 +280,12 @@ impl Planes {
             .collect()
     }
 
-    /// Fills `out` plane by plane with `f(c, offset, plane)`, in parallel.
-    fn map<T: Elem>(&self, out: &mut [T], f: impl Fn(usize, usize, &mut [T]) + Sync) {
+    /// Fills `out` plane by plane with `f(c, offset, plane)`, in parallel; `f` writes every element of its plane.
+    fn map<T: Elem>(
+        &self,
+        out: &mut [MaybeUninit<T>],
+        f: impl Fn(usize, usize, &mut [MaybeUninit<T>]) + Sync,
+    ) {
         let (c, s) = (self.c, self.s.max(1));
         let chunk = plane_chunk(c, s);
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, ch)| {
@@ -482,25 +488,27 @@ impl BnApply {
 
     fn run<T: Elem>(&self, x: &[T], p: &[T], r: Option<&[T]>) -> Result<(CpuStorage, Shape)> {
         let k = self.coefficients(p);
-        let mut y = vec![T::ZERO; x.len()];
-        match self.act {
-            Activation::Identity => self.apply(x, r, &k, &mut y, |z| z),
-            Activation::Relu => {
-                self.apply(x, r, &k, &mut y, |z| if z > T::ZERO { z } else { T::ZERO })
-            }
-            Activation::Relu6 => {
-                let six = T::from_f64(6.);
-                // Two selects rather than a chain: branch-free, and NaN propagates as in PyTorch's clamp.
-                self.apply(x, r, &k, &mut y, |z| {
-                    let lo = if z < T::ZERO { T::ZERO } else { z };
-                    if lo > six {
-                        six
-                    } else {
-                        lo
-                    }
-                })
-            }
-        }
+        // SAFETY: `apply` writes every plane of y.
+        let y = unsafe {
+            written(x.len(), |y| match self.act {
+                Activation::Identity => self.apply(x, r, &k, y, |z| z),
+                Activation::Relu => {
+                    self.apply(x, r, &k, y, |z| if z > T::ZERO { z } else { T::ZERO })
+                }
+                Activation::Relu6 => {
+                    let six = T::from_f64(6.);
+                    // Two selects rather than a chain: branch-free, and NaN propagates as in PyTorch's clamp.
+                    self.apply(x, r, &k, y, |z| {
+                        let lo = if z < T::ZERO { T::ZERO } else { z };
+                        if lo > six {
+                            six
+                        } else {
+                            lo
+                        }
+                    })
+                }
+            })
+        };
         Ok((T::wrap(y), Shape::from(0)))
     }
 
@@ -510,7 +518,7 @@ impl BnApply {
         x: &[T],
         r: Option<&[T]>,
         k: &[(T, T, T)],
-        y: &mut [T],
+        y: &mut [MaybeUninit<T>],
         act: impl Fn(T) -> T + Sync,
     ) {
         self.planes.map(y, |ch, off, out| {
@@ -520,12 +528,12 @@ impl BnApply {
                 Some(r) => {
                     let rs = &r[off..off + out.len()];
                     for ((o, &v), &q) in out.iter_mut().zip(xs).zip(rs) {
-                        *o = act((v - centre) * mul + add + q);
+                        o.write(act((v - centre) * mul + add + q));
                     }
                 }
                 None => {
                     for (o, &v) in out.iter_mut().zip(xs) {
-                        *o = act((v - centre) * mul + add);
+                        o.write(act((v - centre) * mul + add));
                     }
                 }
             }
@@ -699,19 +707,23 @@ impl CustomOp2 for ActGrad {
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!(self.name(), s1, T => {
             let (dy, y) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
-            let mut dz = vec![T::ZERO; dy.len()];
             let six = T::from_f64(6.);
             let relu6 = matches!(self.0, Activation::Relu6);
+            // SAFETY: the chunks tile dz and every element of each is written.
+            let dz = unsafe {
+                written(dy.len(), |dz| {
             dz.par_chunks_mut(1 << 14)
                 .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
                 .for_each(|(o, (g, v))| {
                     simd(|| {
                         for ((o, &g), &v) in o.iter_mut().zip(g).zip(v) {
                             let pass = (v > T::ZERO) & (!relu6 | (v < six));
-                            *o = if pass { g } else { T::ZERO };
+                            o.write(if pass { g } else { T::ZERO });
                         }
                     })
                 });
+                })
+            };
             Ok((T::wrap(dz), l1.shape().clone()))
         })
     }
@@ -799,27 +811,25 @@ struct ChannelGrad {
 
 impl ChannelGrad {
     fn run<T: Elem>(&self, dy: &[T], x: &[T], y: &[T]) -> Result<(CpuStorage, Shape)> {
-        let mut dx = vec![T::ZERO; x.len()];
-        match self.act {
-            Activation::Identity => self.fill(dy, x, y, &mut dx, |g, _| g),
-            Activation::Relu => self.fill(
-                dy,
-                x,
-                y,
-                &mut dx,
-                |g, v| if v > T::ZERO { g } else { T::ZERO },
-            ),
-            Activation::Relu6 => {
-                let six = T::from_f64(6.);
-                self.fill(dy, x, y, &mut dx, |g, v| {
-                    if (v > T::ZERO) & (v < six) {
-                        g
-                    } else {
-                        T::ZERO
-                    }
-                })
-            }
-        }
+        // SAFETY: `fill` writes every plane of dx.
+        let dx = unsafe {
+            written(x.len(), |dx| match self.act {
+                Activation::Identity => self.fill(dy, x, y, dx, |g, _| g),
+                Activation::Relu => {
+                    self.fill(dy, x, y, dx, |g, v| if v > T::ZERO { g } else { T::ZERO })
+                }
+                Activation::Relu6 => {
+                    let six = T::from_f64(6.);
+                    self.fill(dy, x, y, dx, |g, v| {
+                        if (v > T::ZERO) & (v < six) {
+                            g
+                        } else {
+                            T::ZERO
+                        }
+                    })
+                }
+            })
+        };
         Ok((T::wrap(dx), Shape::from(0)))
     }
 
@@ -829,7 +839,7 @@ impl ChannelGrad {
         dy: &[T],
         x: &[T],
         y: &[T],
-        dx: &mut [T],
+        dx: &mut [MaybeUninit<T>],
         mask: impl Fn(T, T) -> T + Sync,
     ) {
         let c = self.planes.c;
@@ -839,7 +849,7 @@ impl ChannelGrad {
             let n = out.len();
             let (gs, xs, ys) = (&dy[off..off + n], &x[off..off + n], &y[off..off + n]);
             for (((o, &g), &v), &yv) in out.iter_mut().zip(gs).zip(xs).zip(ys) {
-                *o = a * mask(g, yv) + b * (v - centre) + c0;
+                o.write(a * mask(g, yv) + b * (v - centre) + c0);
             }
         });
     }

@@ -4,11 +4,16 @@
 //! weight gradient `dW += dY_b * cols_b^T`, with `K = C_in*kH*kW`; a 1x1 stride-1 unpadded conv uses the image
 //! itself as `cols_b`. Depthwise: direct loops, parallel over (n, c) planes (weight gradient over c).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::conv::Conv2dConfig;
-use crate::cpu::{contiguous, dispatch, dot, matmul, matmul_serial, simd, valid_range, Elem, Mat};
+use crate::cpu::{
+    contiguous, dispatch, dot, matmul, matmul_serial, matmul_write, simd, valid_range, written,
+    zeroed, Elem, Mat,
+};
 
 /// Every size of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,13 +152,13 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], parallel: bool) {
     }
 }
 
-/// Scatters `dcols` (C_in*kH*kW, OH*OW) back into one image gradient `dx` (C_in, H, W); parallel over channels
-/// when `parallel`.
-fn col2im<T: Elem>(g: &Geometry, dcols: &[T], dx: &mut [T], parallel: bool) {
+/// Scatters `dcols` (C_in*kH*kW, OH*OW) back into one image gradient `dx` (C_in, H, W), writing every element;
+/// parallel over channels when `parallel`.
+fn col2im<T: Elem>(g: &Geometry, dcols: &[T], dx: &mut [MaybeUninit<T>], parallel: bool) {
     let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
-    let scatter = |(c, plane): (usize, &mut [T])| {
+    let scatter = |(c, plane): (usize, &mut [MaybeUninit<T>])| {
         simd(|| {
-            plane.fill(T::ZERO);
+            let plane = zeroed(plane);
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
                     let row = &dcols[(c * kk + ky * g.kw + kx) * ohw..][..ohw];
@@ -205,9 +210,8 @@ impl ConvOp {
     fn run<T: Elem>(&self, x: &[T], w: &[T]) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
-        let mut y = vec![T::ZERO; g.n * g.co * ohw];
         let cols_len = if g.pointwise() { 0 } else { k * ohw };
-        let image = |b: usize, yb: &mut [T], cols: &mut Vec<T>, parallel: bool| {
+        let image = |b: usize, yb: &mut [MaybeUninit<T>], cols: &mut Vec<T>, parallel: bool| {
             let xb = &x[b * chw..(b + 1) * chw];
             let rhs: &[T] = if g.pointwise() {
                 xb
@@ -216,23 +220,24 @@ impl ConvOp {
                 cols
             };
             let (a, bm) = (Mat::rows(w, k), Mat::rows(rhs, ohw));
-            if parallel {
-                matmul(g.co, ohw, k, yb, false, a, bm);
-            } else {
-                matmul_serial(g.co, ohw, k, yb, false, a, bm);
-            }
+            matmul_write(g.co, ohw, k, yb, a, bm, parallel);
         };
-        if per_image(g) {
-            y.par_chunks_mut(g.co * ohw).enumerate().for_each_init(
-                || vec![T::ZERO; cols_len],
-                |cols, (b, yb)| image(b, yb, cols, false),
-            );
-        } else {
-            let mut cols = vec![T::ZERO; cols_len];
-            for (b, yb) in y.chunks_mut(g.co * ohw).enumerate() {
-                image(b, yb, &mut cols, true);
-            }
-        }
+        // SAFETY: the images' products write their (C_out, OH*OW) blocks, which tile the output.
+        let y = unsafe {
+            written(g.n * g.co * ohw, |y| {
+                if per_image(g) {
+                    y.par_chunks_mut(g.co * ohw).enumerate().for_each_init(
+                        || vec![T::ZERO; cols_len],
+                        |cols, (b, yb)| image(b, yb, cols, false),
+                    );
+                } else {
+                    let mut cols = vec![T::ZERO; cols_len];
+                    for (b, yb) in y.chunks_mut(g.co * ohw).enumerate() {
+                        image(b, yb, &mut cols, true);
+                    }
+                }
+            })
+        };
         Ok((T::wrap(y), Shape::from((g.n, g.co, g.oh, g.ow))))
     }
 }
@@ -286,30 +291,34 @@ impl ConvGradInput {
     fn run<T: Elem>(&self, dy: &[T], w: &[T]) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
-        let mut dx = vec![T::ZERO; g.n * chw];
         let cols_len = if g.pointwise() { 0 } else { k * ohw };
-        let image = |b: usize, dxb: &mut [T], dcols: &mut Vec<T>, parallel: bool| {
+        let image = |b: usize, dxb: &mut [MaybeUninit<T>], dcols: &mut Vec<T>, parallel: bool| {
             let dyb = Mat::rows(&dy[b * g.co * ohw..(b + 1) * g.co * ohw], ohw);
             let wt = Mat::transposed(w, k);
-            let product = if parallel { matmul } else { matmul_serial };
             if g.pointwise() {
-                product(g.ci, ohw, g.co, dxb, false, wt, dyb);
+                matmul_write(g.ci, ohw, g.co, dxb, wt, dyb, parallel);
             } else {
+                let product = if parallel { matmul } else { matmul_serial };
                 product(k, ohw, g.co, dcols, false, wt, dyb);
                 col2im(g, dcols, dxb, parallel);
             }
         };
-        if per_image(g) {
-            dx.par_chunks_mut(chw).enumerate().for_each_init(
-                || vec![T::ZERO; cols_len],
-                |dcols, (b, dxb)| image(b, dxb, dcols, false),
-            );
-        } else {
-            let mut dcols = vec![T::ZERO; cols_len];
-            for (b, dxb) in dx.chunks_mut(chw).enumerate() {
-                image(b, dxb, &mut dcols, true);
-            }
-        }
+        // SAFETY: each image's product (1x1) or col2im (otherwise) writes its whole (C_in, H, W) block.
+        let dx = unsafe {
+            written(g.n * chw, |dx| {
+                if per_image(g) {
+                    dx.par_chunks_mut(chw).enumerate().for_each_init(
+                        || vec![T::ZERO; cols_len],
+                        |dcols, (b, dxb)| image(b, dxb, dcols, false),
+                    );
+                } else {
+                    let mut dcols = vec![T::ZERO; cols_len];
+                    for (b, dxb) in dx.chunks_mut(chw).enumerate() {
+                        image(b, dxb, &mut dcols, true);
+                    }
+                }
+            })
+        };
         Ok((T::wrap(dx), Shape::from((g.n, g.ci, g.h, g.w))))
     }
 }

@@ -1,6 +1,7 @@
 //! Shared pieces of the CPU kernels: the element trait (f32 and f64), contiguous slices out of candle's
 //! storages, the GEMM wrapper and index-range helpers.
 
+use std::mem::MaybeUninit;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 use candle_core::backend::BackendStorage;
@@ -181,13 +182,53 @@ fn gemm_into<T: Elem>(
     parallel: bool,
 ) {
     assert!(c.len() >= m * n, "matmul: destination too small");
-    if m == 0 || n == 0 {
-        return;
-    }
     if k == 0 {
         if !accumulate {
             c[..m * n].fill(T::ZERO);
         }
+        return;
+    }
+    // SAFETY: `c` holds m x n initialised elements, which gemm may read when accumulating.
+    unsafe { gemm_raw(m, n, k, c.as_mut_ptr(), accumulate, a, b, parallel) }
+}
+
+/// `c (m x n) = a (m x k) * b (k x n)` into a buffer that need not be initialised: every element is written,
+/// none read. Threads as [`matmul`] when `parallel`, else as [`matmul_serial`].
+pub(crate) fn matmul_write<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [MaybeUninit<T>],
+    a: Mat<T>,
+    b: Mat<T>,
+    parallel: bool,
+) {
+    assert!(c.len() >= m * n, "matmul: destination too small");
+    if k == 0 {
+        c[..m * n].fill(MaybeUninit::new(T::ZERO));
+        return;
+    }
+    // SAFETY: without accumulation gemm only writes the m x n destination.
+    unsafe { gemm_raw(m, n, k, c.as_mut_ptr().cast::<T>(), false, a, b, parallel) }
+}
+
+/// The `gemm` crate call behind [`matmul`] and [`matmul_write`].
+///
+/// # Safety
+/// `c` addresses `m * n` writable elements (initialised when `accumulate`) that nothing else accesses while
+/// this runs, and `a`, `b` address `m x k` and `k x n` elements with their strides.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut T,
+    accumulate: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
         return;
     }
     let flops = m * n * k;
@@ -196,14 +237,13 @@ fn gemm_into<T: Elem>(
     } else {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     };
-    // SAFETY: the strides describe in-bounds matrices (caller's contract, checked by the callers' shapes) and `c`
-    // is a dense m x n row-major buffer that nothing else aliases while gemm runs.
+    // SAFETY: the caller's contract; `c` is a dense m x n row-major buffer.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n as isize,
             accumulate,
@@ -221,6 +261,29 @@ fn gemm_into<T: Elem>(
             par,
         )
     }
+}
+
+/// A vector of `n` elements that `init` writes, without zero-filling it first: at training sizes that fill
+/// is a whole extra pass over the output, and on one thread.
+///
+/// # Safety
+/// `init` must write every one of the `n` elements.
+pub(crate) unsafe fn written<T: Elem>(
+    n: usize,
+    init: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    init(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the first n elements were initialised by `init` (the caller's contract).
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Zero-fills `s` and returns it as initialised elements.
+pub(crate) fn zeroed<T: Elem>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    s.fill(MaybeUninit::new(T::ZERO));
+    // SAFETY: every element was just written; MaybeUninit<T> has T's layout.
+    unsafe { &mut *(s as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// The outputs `o` in `0..out_len` whose input index `o * stride + offset` falls inside `0..in_len`, as a range.
