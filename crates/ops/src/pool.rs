@@ -4,7 +4,9 @@
 //! On the CPU (f32/f64) every pool is a custom op parallel over (n, c) planes; elsewhere compositions of
 //! candle ops with the same results.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous, dispatch, fast_path, simd, Elem};
@@ -31,7 +33,7 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
             s: (stride, stride),
             p: (padding, padding),
         };
-        return x.contiguous()?.apply_op1(op);
+        return x.contiguous()?.apply_op1(MaxPoolOp::new(op));
     }
     if padding == 0 && k == stride && h % k == 0 && w % k == 0 {
         return x.reshape((n, c, h / k, k, w / k, k))?.max(5)?.max(3);
@@ -157,7 +159,10 @@ pub fn global_max_pool(x: &Tensor) -> Result<Tensor> {
             s: (1, 1),
             p: (0, 0),
         };
-        return x.contiguous()?.apply_op1(op)?.reshape((n, c));
+        return x
+            .contiguous()?
+            .apply_op1(MaxPoolOp::new(op))?
+            .reshape((n, c));
     }
     x.flatten_from(2)?.max(D::Minus1)
 }
@@ -199,14 +204,17 @@ impl MaxPool {
         )
     }
 
-    /// Calls `f(output index, window max, row range, column range)` for every output window of a plane.
+    /// Calls `f(output index, window max, argmax)` for every output window of a plane. The argmax is the
+    /// plane index of the window's first maximum in row-major order (PyTorch's rule): of its first NaN when
+    /// it has one (the max is then NaN, as PyTorch propagates it), of its first element when every element is
+    /// `-inf`.
     fn windows<T: Elem>(
         &self,
         plane: &[T],
         h: usize,
         w: usize,
         (oh, ow): (usize, usize),
-        mut f: impl FnMut(usize, T, (usize, usize), (usize, usize)),
+        mut f: impl FnMut(usize, T, usize),
     ) {
         for oy in 0..oh {
             let y0 = (oy * self.s.0) as isize - self.p.0 as isize;
@@ -220,64 +228,73 @@ impl MaxPool {
                     x0.max(0) as usize,
                     ((x0 + self.k.1 as isize) as usize).min(w),
                 );
-                // Value-only max as selects (compiles to `maxss`), NaN tracked on the side: PyTorch propagates it.
-                let mut m = T::NEG_INF;
-                let mut nan = false;
+                // Strictly greater keeps the first maximum; selects rather than branches.
+                let (mut m, mut at) = (T::NEG_INF, ys * w + xs);
+                let mut nan_at = usize::MAX;
                 for iy in ys..ye {
-                    for &v in &plane[iy * w + xs..iy * w + xe] {
-                        m = if v > m { v } else { m };
+                    for ix in xs..xe {
+                        let i = iy * w + ix;
+                        let v = plane[i];
+                        let more = v > m;
+                        m = if more { v } else { m };
+                        at = if more { i } else { at };
                         #[allow(clippy::eq_op)]
-                        let is_nan = v != v;
-                        nan |= is_nan;
+                        let first_nan = (v != v) & (nan_at == usize::MAX);
+                        nan_at = if first_nan { i } else { nan_at };
                     }
                 }
-                if nan {
-                    m = T::from_f64(f64::NAN);
+                if nan_at != usize::MAX {
+                    (m, at) = (T::from_f64(f64::NAN), nan_at);
                 }
-                f(oy * ow + ox, m, (ys, ye), (xs, xe));
+                f(oy * ow + ox, m, at);
             }
         }
     }
+}
 
-    /// Index (into the plane) of the first element of the window equal to `m` (or NaN when `m` is), PyTorch's
-    /// argmax; the window's first element when none matches (an all `-inf` window). Scans backwards with
-    /// selects so that the last hit, i.e. the first in row-major order, wins without branches.
-    fn first_max<T: Elem>(
-        plane: &[T],
-        w: usize,
-        m: T,
-        (ys, ye): (usize, usize),
-        (xs, xe): (usize, usize),
-    ) -> usize {
-        #[allow(clippy::eq_op)]
-        let want_nan = m != m;
-        let mut best = ys * w + xs;
-        for iy in (ys..ye).rev() {
-            for ix in (xs..xe).rev() {
-                let v = plane[iy * w + ix];
-                #[allow(clippy::eq_op)]
-                let hit = (v == m) | (want_nan & (v != v));
-                best = if hit { iy * w + ix } else { best };
-            }
+/// A max-pool application: the forward records each window's argmax (its first maximum, PyTorch's rule) so
+/// that the backward is a scatter, as PyTorch's `max_pool2d_with_indices`.
+struct MaxPoolOp {
+    pool: MaxPool,
+    /// Per output, the plane-local index of its window's first maximum; set by the CPU forward.
+    argmax: OnceLock<Arc<Vec<u32>>>,
+}
+
+impl MaxPoolOp {
+    fn new(pool: MaxPool) -> Self {
+        Self {
+            pool,
+            argmax: OnceLock::new(),
         }
-        best
     }
 
     fn fwd<T: Elem>(&self, x: &[T], l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        let (oh, ow) = self.out_size(h, w);
+        if h * w > u32::MAX as usize {
+            candle_core::bail!("max_pool2d: a {h}x{w} plane is too large for 32-bit argmax indices")
+        }
+        let (oh, ow) = self.pool.out_size(h, w);
         let mut y = vec![T::ZERO; n * c * oh * ow];
-        y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, out)| {
-            simd(|| {
-                let plane = &x[p * h * w..(p + 1) * h * w];
-                self.windows(plane, h, w, (oh, ow), |o, m, _, _| out[o] = m);
-            })
-        });
+        let mut argmax = vec![0u32; n * c * oh * ow];
+        y.par_chunks_mut(oh * ow)
+            .zip(argmax.par_chunks_mut(oh * ow))
+            .enumerate()
+            .for_each(|(p, (out, idx))| {
+                simd(|| {
+                    let plane = &x[p * h * w..(p + 1) * h * w];
+                    self.pool.windows(plane, h, w, (oh, ow), |o, m, at| {
+                        out[o] = m;
+                        idx[o] = at as u32;
+                    });
+                })
+            });
+        // A second forward through the same op (not something candle does) keeps the first indices.
+        let _ = self.argmax.set(Arc::new(argmax));
         Ok((T::wrap(y), Shape::from((n, c, oh, ow))))
     }
 }
 
-impl CustomOp1 for MaxPool {
+impl CustomOp1 for MaxPoolOp {
     fn name(&self) -> &'static str {
         "fgvc-max-pool2d"
     }
@@ -287,49 +304,55 @@ impl CustomOp1 for MaxPool {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(
-            &dy.contiguous()?,
-            &MaxPoolGrad(*self),
-        )?))
+        let Some(argmax) = self.argmax.get() else {
+            candle_core::bail!("max_pool2d backward: the forward recorded no argmax")
+        };
+        let (_, _, h, w) = x.dims4()?;
+        let op = MaxPoolScatter {
+            argmax: argmax.clone(),
+            h,
+            w,
+        };
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&op)?))
     }
 }
 
-/// Max pooling backward: (x, dy) -> dx, routing each output gradient to its window's first maximum.
-struct MaxPoolGrad(MaxPool);
+/// Max pooling backward: dy (N, C, OH, OW) -> dx (N, C, H, W), each output's gradient added at its argmax.
+struct MaxPoolScatter {
+    argmax: Arc<Vec<u32>>,
+    h: usize,
+    w: usize,
+}
 
-impl MaxPoolGrad {
-    fn run<T: Elem>(&self, x: &[T], l: &Layout, dy: &[T]) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l.shape().dims4()?;
-        let (oh, ow) = self.0.out_size(h, w);
+impl MaxPoolScatter {
+    fn run<T: Elem>(&self, dy: &[T], l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, oh, ow) = l.shape().dims4()?;
+        if self.argmax.len() != dy.len() {
+            candle_core::bail!(
+                "max_pool2d backward: gradient {:?} does not match the forward's output",
+                l.shape().dims()
+            )
+        }
+        let (h, w) = (self.h, self.w);
         let mut dx = vec![T::ZERO; n * c * h * w];
         dx.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(p, dplane)| {
-                simd(|| {
-                    let plane = &x[p * h * w..(p + 1) * h * w];
-                    let gplane = &dy[p * oh * ow..(p + 1) * oh * ow];
-                    self.0.windows(plane, h, w, (oh, ow), |o, m, rows, cols| {
-                        dplane[MaxPool::first_max(plane, w, m, rows, cols)] += gplane[o];
-                    });
-                })
+            .zip(dy.par_chunks(oh * ow).zip(self.argmax.par_chunks(oh * ow)))
+            .for_each(|(dplane, (g, idx))| {
+                for (&g, &i) in g.iter().zip(idx) {
+                    dplane[i as usize] += g;
+                }
             });
         Ok((T::wrap(dx), Shape::from((n, c, h, w))))
     }
 }
 
-impl CustomOp2 for MaxPoolGrad {
+impl CustomOp1 for MaxPoolScatter {
     fn name(&self) -> &'static str {
         "fgvc-max-pool2d-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, l1, contiguous(s2, l2)?))
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s, T => self.run::<T>(contiguous(s, l)?, l))
     }
 }
 

@@ -106,3 +106,35 @@ fn bad_geometry_is_an_error() {
         "channel mismatch"
     );
 }
+
+/// PyTorch's max-pool rules at the edges: a window holding a NaN outputs NaN and routes its gradient to that
+/// NaN, ties go to the first maximum in row-major order, an all `-inf` window to its first element.
+#[test]
+fn max_pool_routes_nan_ties_and_negative_infinity_like_pytorch() {
+    let (nan, ninf) = (f32::NAN, f32::NEG_INFINITY);
+    let x = Var::new(
+        &[[[
+            [1.0f32, nan, 3.0, 3.0, ninf, ninf],
+            [ninf, ninf, 2.0, 3.0, ninf, ninf],
+        ]]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y = max_pool2d(x.as_tensor(), 2, 2, 0).unwrap();
+    let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(v[0].is_nan());
+    assert_eq!(&v[1..], &[3.0, ninf]);
+    let g = Tensor::new(&[[[[10f32, 20., 30.]]]], &Device::Cpu).unwrap();
+    let grads = (y * g).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = grads
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // Row-major over the 2x6 plane: the NaN at 1, the first 3 at 2, the -inf window's first element at 4.
+    let mut want = [0f32; 12];
+    (want[1], want[2], want[4]) = (10., 20., 30.);
+    assert_eq!(dx, want);
+}
