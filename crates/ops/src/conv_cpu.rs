@@ -11,8 +11,8 @@ use rayon::prelude::*;
 
 use crate::conv::Conv2dConfig;
 use crate::cpu::{
-    contiguous, dispatch, dot, matmul, matmul_serial, matmul_write, simd, valid_range, written,
-    zeroed, Elem, Mat,
+    contiguous, dispatch, matmul, matmul_serial, matmul_write, simd, valid_range, written, zeroed,
+    Elem, Mat,
 };
 
 /// Every size of one convolution call.
@@ -417,39 +417,46 @@ impl DepthwiseOp {
     fn run<T: Elem>(&self, x: &[T], w: &[T]) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
-        let mut y = vec![T::ZERO; g.n * g.ci * ohw];
-        y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
-            simd(|| {
-                let c = p % g.ci;
-                let plane = &x[p * hw..(p + 1) * hw];
-                let wk = &w[c * kk..(c + 1) * kk];
-                for ky in 0..g.kh {
-                    let yoff = g.yoff(ky);
-                    for kx in 0..g.kw {
-                        let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
-                        let xs = valid_range(g.ow, g.w, g.sw, xoff);
-                        for oy in valid_range(g.oh, g.h, g.sh, yoff) {
-                            let iy = (oy as isize * g.sh as isize + yoff) as usize;
-                            let inrow = &plane[iy * g.w..(iy + 1) * g.w];
-                            let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
-                            if g.sw == 1 {
-                                let ix0 = (xs.start as isize + xoff) as usize;
-                                for (o, &v) in
-                                    orow[xs.clone()].iter_mut().zip(&inrow[ix0..ix0 + xs.len()])
-                                {
-                                    *o += wv * v;
-                                }
-                            } else {
-                                for ox in xs.clone() {
-                                    orow[ox] +=
-                                        wv * inrow[(ox as isize * g.sw as isize + xoff) as usize];
+        // SAFETY: every plane is zero-filled by its task before the taps accumulate into it.
+        let y = unsafe {
+            written(g.n * g.ci * ohw, |y| {
+                y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
+                    simd(|| {
+                        let out = zeroed(out);
+                        let c = p % g.ci;
+                        let plane = &x[p * hw..(p + 1) * hw];
+                        let wk = &w[c * kk..(c + 1) * kk];
+                        for ky in 0..g.kh {
+                            let yoff = g.yoff(ky);
+                            for kx in 0..g.kw {
+                                let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
+                                let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                                for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                                    let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                                    let inrow = &plane[iy * g.w..(iy + 1) * g.w];
+                                    let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+                                    if g.sw == 1 {
+                                        let ix0 = (xs.start as isize + xoff) as usize;
+                                        for (o, &v) in orow[xs.clone()]
+                                            .iter_mut()
+                                            .zip(&inrow[ix0..ix0 + xs.len()])
+                                        {
+                                            *o += wv * v;
+                                        }
+                                    } else {
+                                        for ox in xs.clone() {
+                                            orow[ox] += wv
+                                                * inrow
+                                                    [(ox as isize * g.sw as isize + xoff) as usize];
+                                        }
+                                    }
                                 }
                             }
                         }
-                    }
-                }
+                    })
+                });
             })
-        });
+        };
         Ok((T::wrap(y), Shape::from((g.n, g.ci, g.oh, g.ow))))
     }
 }
@@ -503,39 +510,45 @@ impl DepthwiseGradInput {
     fn run<T: Elem>(&self, dy: &[T], w: &[T]) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
-        let mut dx = vec![T::ZERO; g.n * g.ci * hw];
-        dx.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
-            simd(|| {
-                let c = p % g.ci;
-                let gplane = &dy[p * ohw..(p + 1) * ohw];
-                let wk = &w[c * kk..(c + 1) * kk];
-                for ky in 0..g.kh {
-                    let yoff = g.yoff(ky);
-                    for kx in 0..g.kw {
-                        let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
-                        let xs = valid_range(g.ow, g.w, g.sw, xoff);
-                        for oy in valid_range(g.oh, g.h, g.sh, yoff) {
-                            let iy = (oy as isize * g.sh as isize + yoff) as usize;
-                            let drow = &mut plane[iy * g.w..(iy + 1) * g.w];
-                            let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
-                            if g.sw == 1 {
-                                let ix0 = (xs.start as isize + xoff) as usize;
-                                for (d, &v) in
-                                    drow[ix0..ix0 + xs.len()].iter_mut().zip(&grow[xs.clone()])
-                                {
-                                    *d += wv * v;
-                                }
-                            } else {
-                                for ox in xs.clone() {
-                                    drow[(ox as isize * g.sw as isize + xoff) as usize] +=
-                                        wv * grow[ox];
+        // SAFETY: every plane is zero-filled by its task before the taps accumulate into it.
+        let dx = unsafe {
+            written(g.n * g.ci * hw, |dx| {
+                dx.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
+                    simd(|| {
+                        let plane = zeroed(plane);
+                        let c = p % g.ci;
+                        let gplane = &dy[p * ohw..(p + 1) * ohw];
+                        let wk = &w[c * kk..(c + 1) * kk];
+                        for ky in 0..g.kh {
+                            let yoff = g.yoff(ky);
+                            for kx in 0..g.kw {
+                                let (wv, xoff) = (wk[ky * g.kw + kx], g.xoff(kx));
+                                let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                                for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                                    let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                                    let drow = &mut plane[iy * g.w..(iy + 1) * g.w];
+                                    let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
+                                    if g.sw == 1 {
+                                        let ix0 = (xs.start as isize + xoff) as usize;
+                                        for (d, &v) in drow[ix0..ix0 + xs.len()]
+                                            .iter_mut()
+                                            .zip(&grow[xs.clone()])
+                                        {
+                                            *d += wv * v;
+                                        }
+                                    } else {
+                                        for ox in xs.clone() {
+                                            drow[(ox as isize * g.sw as isize + xoff) as usize] +=
+                                                wv * grow[ox];
+                                        }
+                                    }
                                 }
                             }
                         }
-                    }
-                }
+                    })
+                });
             })
-        });
+        };
         Ok((T::wrap(dx), Shape::from((g.n, g.ci, g.h, g.w))))
     }
 }
@@ -579,22 +592,35 @@ impl DepthwiseGradWeight {
                             let xoff = g.xoff(kx);
                             let xs = valid_range(g.ow, g.w, g.sw, xoff);
                             let mut sum = T::ZERO;
+                            let mut lanes = [T::ZERO; 8];
                             for oy in valid_range(g.oh, g.h, g.sh, yoff) {
                                 let iy = (oy as isize * g.sh as isize + yoff) as usize;
                                 let inrow = &plane[iy * g.w..(iy + 1) * g.w];
                                 let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
-                                let mut row = T::ZERO;
                                 if g.sw == 1 {
+                                    // Eight lanes carried across the rows, reduced once per tap and plane
+                                    // rather than once per row.
                                     let ix0 = (xs.start as isize + xoff) as usize;
-                                    row = dot(&inrow[ix0..ix0 + xs.len()], &grow[xs.clone()]);
+                                    let (a, b) = (&inrow[ix0..ix0 + xs.len()], &grow[xs.clone()]);
+                                    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+                                    for (&u, &v) in a8.remainder().iter().zip(b8.remainder()) {
+                                        sum += u * v;
+                                    }
+                                    for (u, v) in a8.zip(b8) {
+                                        for l in 0..8 {
+                                            lanes[l] += u[l] * v[l];
+                                        }
+                                    }
                                 } else {
                                     for ox in xs.clone() {
-                                        row += inrow[(ox as isize * g.sw as isize + xoff) as usize]
+                                        sum += inrow[(ox as isize * g.sw as isize + xoff) as usize]
                                             * grow[ox];
                                     }
                                 }
-                                sum += row;
                             }
+                            sum += (lanes[0] + lanes[4])
+                                + (lanes[1] + lanes[5])
+                                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
                             acc[ky * g.kw + kx] += sum.to_f64();
                         }
                     }

@@ -308,25 +308,6 @@ pub(crate) fn valid_range(
     lo..hi.max(lo)
 }
 
-/// `sum(a[i] * b[i])` with eight independent accumulators, so that it vectorises.
-pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [T::ZERO; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = T::ZERO;
-    for (&x, &y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
-}
-
 /// Runs `f` compiled for AVX2 and FMA when this CPU has them, as it is otherwise. The crate is built for the
 /// baseline x86-64 (SSE2) so that its binaries run anywhere; our element-wise and reduction loops only
 /// vectorise 8-wide once `f` is inlined into a function that enables the wider instructions, which this does

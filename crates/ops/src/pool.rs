@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, dispatch, fast_path, simd, Elem};
+use crate::cpu::{contiguous, dispatch, fast_path, simd, written, zeroed, Elem};
 
 /// Max pooling with a `k` x `k` window, `stride` and `-inf` padding (`nn.MaxPool2d(k, stride, padding)`).
 ///
@@ -334,14 +334,19 @@ impl MaxPoolScatter {
             )
         }
         let (h, w) = (self.h, self.w);
-        let mut dx = vec![T::ZERO; n * c * h * w];
-        dx.par_chunks_mut(h * w)
-            .zip(dy.par_chunks(oh * ow).zip(self.argmax.par_chunks(oh * ow)))
-            .for_each(|(dplane, (g, idx))| {
-                for (&g, &i) in g.iter().zip(idx) {
-                    dplane[i as usize] += g;
-                }
-            });
+        // SAFETY: every plane is zero-filled by its task before the gradients are added in.
+        let dx = unsafe {
+            written(n * c * h * w, |dx| {
+                dx.par_chunks_mut(h * w)
+                    .zip(dy.par_chunks(oh * ow).zip(self.argmax.par_chunks(oh * ow)))
+                    .for_each(|(dplane, (g, idx))| {
+                        let dplane = zeroed(dplane);
+                        for (&g, &i) in g.iter().zip(idx) {
+                            dplane[i as usize] += g;
+                        }
+                    })
+            })
+        };
         Ok((T::wrap(dx), Shape::from((n, c, h, w))))
     }
 }
