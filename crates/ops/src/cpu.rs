@@ -27,6 +27,7 @@ pub(crate) trait Elem:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
     fn slice(s: &CpuStorage) -> Result<&[Self]>;
     fn slice_mut(s: &mut CpuStorage) -> Result<&mut [Self]>;
     fn wrap(v: Vec<Self>) -> CpuStorage;
@@ -46,6 +47,9 @@ macro_rules! elem {
             }
             fn exp(self) -> Self {
                 <$t>::exp(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
             }
             fn slice_mut(s: &mut CpuStorage) -> Result<&mut [Self]> {
                 match s {

@@ -249,6 +249,55 @@ fn contiguous_mut<'a, T: Elem>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a 
     Ok(&mut T::slice_mut(s)?[start..end])
 }
 
+/// Implements candle's in-place op traits for a kernel type with
+/// `fn run<T: Elem>(&self, dst: &mut [T], a: &[T], b: &[T])`: `InplaceOp3` updates `dst` from `(a, b)`,
+/// `InplaceOp2` from `a` alone (`b` is then `a` again).
+macro_rules! in_place_op {
+    ($ty:ty, $name:literal) => {
+        impl InplaceOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &mut CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<()> {
+                dispatch!($name, s2, T => {
+                    let a = contiguous::<T>(s2, l2)?;
+                    self.run(contiguous_mut::<T>(s1, l1)?, a, a);
+                    Ok(())
+                })
+            }
+        }
+
+        impl InplaceOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &mut CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<()> {
+                dispatch!($name, s2, T => {
+                    let (a, b) = (contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
+                    self.run(contiguous_mut::<T>(s1, l1)?, a, b);
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
 /// The momentum buffer in place: (buf; g, p) -> d on the first step, else `momentum * buf + (1 - dampening) * d`,
 /// with `d = g + weight_decay * p`.
 struct MomentumBuffer {
@@ -256,39 +305,24 @@ struct MomentumBuffer {
     first: bool,
 }
 
-impl InplaceOp3 for MomentumBuffer {
-    fn name(&self) -> &'static str {
-        "fgvc-sgd-momentum"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        dispatch!(self.name(), s2, T => {
-            let (g, p) = (contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
-            let buf = contiguous_mut::<T>(s1, l1)?;
-            let s = self.step;
-            let (wd, decay) = (T::from_f64(s.weight_decay), s.weight_decay != 0.0);
-            let (m, keep) = (T::from_f64(s.momentum), T::from_f64(1.0 - s.dampening));
-            let first = self.first;
-            zip_update(buf, g, p, |b, g, p| {
-                let d = if decay { g + p * wd } else { g };
-                if first {
-                    d
-                } else {
-                    b * m + d * keep
-                }
-            });
-            Ok(())
-        })
+impl MomentumBuffer {
+    fn run<T: Elem>(&self, buf: &mut [T], g: &[T], p: &[T]) {
+        let s = self.step;
+        let (wd, decay) = (T::from_f64(s.weight_decay), s.weight_decay != 0.0);
+        let (m, keep) = (T::from_f64(s.momentum), T::from_f64(1.0 - s.dampening));
+        let first = self.first;
+        zip_update(buf, g, p, |b, g, p| {
+            let d = if decay { g + p * wd } else { g };
+            if first {
+                d
+            } else {
+                b * m + d * keep
+            }
+        });
     }
 }
+
+in_place_op!(MomentumBuffer, "fgvc-sgd-momentum");
 
 /// The parameter in place: (p; g) -> `p - lr * (g + weight_decay * p)` without momentum, (p; g, buf) ->
 /// `p - lr * d` with `d = buf`, or `d = g + weight_decay * p + momentum * buf` (Nesterov).
@@ -297,65 +331,27 @@ struct SgdApply {
 }
 
 impl SgdApply {
-    fn run<T: Elem>(&self, p: &mut [T], g: &[T], buf: Option<&[T]>) {
+    fn run<T: Elem>(&self, p: &mut [T], g: &[T], buf: &[T]) {
         let s = self.step;
         let (wd, decay) = (T::from_f64(s.weight_decay), s.weight_decay != 0.0);
         let (lr, m) = (T::from_f64(s.lr), T::from_f64(s.momentum));
-        match buf {
-            None => zip_update(p, g, g, |p, g, _| {
+        if s.momentum == 0.0 {
+            zip_update(p, g, g, |p, g, _| {
                 let d = if decay { g + p * wd } else { g };
                 p - d * lr
-            }),
-            Some(buf) if s.nesterov => zip_update(p, g, buf, |p, g, b| {
+            })
+        } else if s.nesterov {
+            zip_update(p, g, buf, |p, g, b| {
                 let d = if decay { g + p * wd } else { g };
                 p - (d + b * m) * lr
-            }),
-            Some(buf) => zip_update(p, buf, buf, |p, b, _| p - b * lr),
+            })
+        } else {
+            zip_update(p, buf, buf, |p, b, _| p - b * lr)
         }
     }
 }
 
-impl InplaceOp2 for SgdApply {
-    fn name(&self) -> &'static str {
-        "fgvc-sgd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        dispatch!("fgvc-sgd", s2, T => {
-            let g = contiguous::<T>(s2, l2)?;
-            self.run(contiguous_mut::<T>(s1, l1)?, g, None);
-            Ok(())
-        })
-    }
-}
-
-impl InplaceOp3 for SgdApply {
-    fn name(&self) -> &'static str {
-        "fgvc-sgd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        dispatch!("fgvc-sgd", s2, T => {
-            let (g, buf) = (contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
-            self.run(contiguous_mut::<T>(s1, l1)?, g, Some(buf));
-            Ok(())
-        })
-    }
-}
+in_place_op!(SgdApply, "fgvc-sgd");
 
 /// An Adam moment in place: (m; g) -> `lerp(m, g, 1 - beta1)`, or (v; g) -> `beta2 * v + (1 - beta2) * g^2`.
 enum Moment {
@@ -363,40 +359,27 @@ enum Moment {
     Second(f64),
 }
 
-impl InplaceOp2 for Moment {
-    fn name(&self) -> &'static str {
-        "fgvc-adam-moment"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        dispatch!(self.name(), s2, T => {
-            let g = contiguous::<T>(s2, l2)?;
-            let dst = contiguous_mut::<T>(s1, l1)?;
-            match *self {
-                Moment::First(beta1) => {
-                    let w = 1.0 - beta1;
-                    let (wt, rest) = (T::from_f64(w), T::from_f64(1.0 - w));
-                    if w < 0.5 {
-                        zip_update(dst, g, g, |m, g, _| m + (g - m) * wt);
-                    } else {
-                        zip_update(dst, g, g, |m, g, _| g - (g - m) * rest);
-                    }
-                }
-                Moment::Second(beta2) => {
-                    let (b2, rest) = (T::from_f64(beta2), T::from_f64(1.0 - beta2));
-                    zip_update(dst, g, g, |v, g, _| v * b2 + (g * g) * rest);
+impl Moment {
+    fn run<T: Elem>(&self, dst: &mut [T], g: &[T], _: &[T]) {
+        match *self {
+            Moment::First(beta1) => {
+                let w = 1.0 - beta1;
+                let (wt, rest) = (T::from_f64(w), T::from_f64(1.0 - w));
+                if w < 0.5 {
+                    zip_update(dst, g, g, |m, g, _| m + (g - m) * wt);
+                } else {
+                    zip_update(dst, g, g, |m, g, _| g - (g - m) * rest);
                 }
             }
-            Ok(())
-        })
+            Moment::Second(beta2) => {
+                let (b2, rest) = (T::from_f64(beta2), T::from_f64(1.0 - beta2));
+                zip_update(dst, g, g, |v, g, _| v * b2 + (g * g) * rest);
+            }
+        }
     }
 }
+
+in_place_op!(Moment, "fgvc-adam-moment");
 
 /// The AdamW parameter update in place: (p; m, v) with the moments already updated.
 struct AdamWApply {
@@ -420,35 +403,24 @@ impl AdamWApply {
             inv_root_bc2: 1.0 / bias_correction2.sqrt(),
         }
     }
-}
 
-impl InplaceOp3 for AdamWApply {
-    fn name(&self) -> &'static str {
-        "fgvc-adamw"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        dispatch!(self.name(), s2, T => {
-            let (m, v) = (contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
-            let p = contiguous_mut::<T>(s1, l1)?;
-            let s = self.step;
-            let c = self.constants();
-            let (decay, keep) = (s.weight_decay != 0.0, T::from_f64(1.0 - s.lr * s.weight_decay));
-            let (step_size, inv, eps) =
-                (T::from_f64(c.step_size), T::from_f64(c.inv_root_bc2), T::from_f64(s.eps));
-            zip_update(p, m, v, |p, m, v| {
-                let p = if decay { p * keep } else { p };
-                p - (m / (v.sqrt() * inv * T::ONE + eps)) * step_size
-            });
-            Ok(())
-        })
+    fn run<T: Elem>(&self, p: &mut [T], m: &[T], v: &[T]) {
+        let s = self.step;
+        let c = self.constants();
+        let (decay, keep) = (
+            s.weight_decay != 0.0,
+            T::from_f64(1.0 - s.lr * s.weight_decay),
+        );
+        let (step_size, inv, eps) = (
+            T::from_f64(c.step_size),
+            T::from_f64(c.inv_root_bc2),
+            T::from_f64(s.eps),
+        );
+        zip_update(p, m, v, |p, m, v| {
+            let p = if decay { p * keep } else { p };
+            p - (m / (v.sqrt() * inv * T::ONE + eps)) * step_size
+        });
     }
 }
+
+in_place_op!(AdamWApply, "fgvc-adamw");
