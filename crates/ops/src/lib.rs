@@ -16,7 +16,9 @@
 //!   because candle's CPU RNG cannot be seeded.
 //!
 //! On the CPU (f32 and f64) every op is a candle custom op with a hand-written, rayon-parallel forward and
-//! backward (`docs/performance.md` has the speed against candle's own ops and PyTorch). On other devices and
+//! backward whose loops run as AVX2+FMA code when the CPU has them (a runtime check; the crate itself targets
+//! baseline x86-64), and outputs are written without a zero-fill first (`docs/performance.md` has the speed
+//! against candle's own ops and PyTorch). On other devices and
 //! dtypes the ops fall back to compositions of candle's own ops, so everything runs on CUDA and Metal too.
 //!
 //! ```
