@@ -107,8 +107,12 @@ impl ConvBn {
         } else {
             Activation::Identity
         };
-        self.bn
-            .forward_act(&self.conv.forward(x)?, residual, act, train)
+        match residual {
+            None => self.bn.forward_conv(&self.conv, x, act, train),
+            Some(r) => self
+                .bn
+                .forward_act(&self.conv.forward(x)?, Some(r), act, train),
+        }
     }
 }
 

@@ -141,17 +141,18 @@ impl Block {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let identity = match &self.downsample {
-            Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
+            Some((c, bn)) => bn.forward_conv(c, x, Activation::Identity, train)?,
             None => x.clone(),
         };
+        let (last, rest) = self.convs.split_last().expect("a block has convs");
         let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, (c, bn)) in self.convs.iter().enumerate() {
-            // Conv-BN-ReLU, and at the end relu(bn(conv(y)) + identity), each BN with its epilogue in one op.
-            let residual = (i == last).then_some(&identity);
-            y = bn.forward_act(&c.forward(&y)?, residual, Activation::Relu, train)?;
+        for (c, bn) in rest {
+            // Conv-BN-ReLU as one op.
+            y = bn.forward_conv(c, &y, Activation::Relu, train)?;
         }
-        Ok(y)
+        // relu(bn(conv(y)) + identity), the BatchNorm with its add and activation in one op.
+        let (c, bn) = last;
+        bn.forward_act(&c.forward(&y)?, Some(&identity), Activation::Relu, train)
     }
 }
 
@@ -277,7 +278,7 @@ impl Backbone for ResNet {
     fn forward_stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let stem = self
             .bn1
-            .forward_act(&self.conv1.forward(x)?, None, Activation::Relu, train)?;
+            .forward_conv(&self.conv1, x, Activation::Relu, train)?;
         let mut y = max_pool2d(&stem, 3, 2, 1)?;
         let mut out = Vec::with_capacity(5);
         out.push(y.clone());

@@ -92,8 +92,7 @@ impl BasicConv {
         } else {
             Activation::Identity
         };
-        self.bn
-            .forward_act(&self.conv.forward(x)?, None, act, train)
+        self.bn.forward_conv(&self.conv, x, act, train)
     }
 
     /// The convolution.

@@ -1,14 +1,17 @@
 //! BatchNorm (2-d and 1-d) with PyTorch's train/eval semantics and running-statistics update.
 
 use std::mem::MaybeUninit;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Module, Result, Shape, Tensor, Var,
 };
 use rayon::prelude::*;
 
 use crate::activation::Activation;
-use crate::cpu::{contiguous, dispatch, fast_path, plane_chunk, simd, written, Elem};
+use crate::conv::Conv2d;
+use crate::conv_cpu::{conv_forward, conv_grads, Geometry};
+use crate::cpu::{contiguous, cpu_tensor, dispatch, fast_path, plane_chunk, simd, written, Elem};
 use crate::params::{Init, Params};
 
 /// `eps`, `momentum` and whether the layer has a learnable affine transform.
@@ -95,10 +98,7 @@ fn normalize(x: &Tensor, bn: &Affine, train: bool, epi: Epilogue) -> Result<Tens
     if train {
         let count = x.elem_count() / c.max(1);
         if count <= 1 {
-            candle_core::bail!(
-                "batch_norm: training needs more than one value per channel, got input {dims:?} (N*H*W = {count}); \
-                 use drop_last or a batch of at least 2"
-            )
+            return Err(single_value_error(&dims, count));
         }
     }
     if fast_path(x) && epi.residual.is_none_or(|r| r.dtype() == x.dtype()) {
@@ -229,6 +229,82 @@ impl BatchNorm {
         normalize(x, &bn, train, Epilogue { residual, act })
     }
 
+    /// `act(bn(conv(x)))` as one op on the CPU, for a dense or depthwise `conv` without bias: the conv
+    /// output stays inside the op rather than becoming a graph node, which spares candle's backward a
+    /// zero-filled gradient and an add of its size per layer. Same results as
+    /// `self.forward_act(&conv.forward(x)?, None, act, train)`, which it falls back to elsewhere.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Module, Tensor};
+    /// use fgvc_ops::{Activation, BatchNorm, Conv2d, Conv2dConfig, ParamStore};
+    ///
+    /// let store = ParamStore::new(0, DType::F32, &Device::Cpu);
+    /// let p = store.root();
+    /// let conv = Conv2d::new(3, 4, 3, Conv2dConfig::same(1), false, &p.pp("conv"))?;
+    /// let bn = BatchNorm::new(4, &p.pp("bn"))?;
+    /// let x = Tensor::randn(0f32, 1., (2, 3, 8, 8), &Device::Cpu)?;
+    /// let fused = bn.forward_conv(&conv, &x, Activation::Relu, false)?;
+    /// let apart = bn.forward_act(&conv.forward(&x)?, None, Activation::Relu, false)?;
+    /// assert_eq!(fused.dims(), &[2, 4, 8, 8]);
+    /// assert_eq!((fused - apart)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?, 0.);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn forward_conv(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        act: Activation,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (w, cfg) = (conv.weight(), conv.config());
+        let in_c = x.dims().get(1).copied().unwrap_or(0);
+        let depthwise = cfg.groups != 1;
+        let fits = fast_path(x)
+            && x.rank() == 4
+            && conv.bias().is_none()
+            && w.dtype() == x.dtype()
+            && (!depthwise || (cfg.groups == in_c && w.dim(0)? == in_c));
+        if !fits {
+            return self.forward_act(&conv.forward(x)?, None, act, train);
+        }
+        let geom = Geometry::new(x, w, cfg, depthwise)?;
+        let (n, co, oh, ow) = geom.out_dims();
+        let planes = Planes {
+            n,
+            c: co,
+            s: oh * ow,
+        };
+        if train && planes.count() <= 1 {
+            return Err(single_value_error(&[n, co, oh, ow], planes.count()));
+        }
+        let bn = Affine {
+            weight: self.weight.as_ref(),
+            bias: self.bias.as_ref(),
+            running_mean: &self.running_mean,
+            running_var: &self.running_var,
+            cfg: &self.cfg,
+        };
+        let params = channel_params(&bn, x, co, train)?;
+        let saved = Arc::new(ConvBnSaved::default());
+        let op = ConvBnApply {
+            geom,
+            depthwise,
+            planes,
+            act,
+            eps: self.cfg.eps,
+            train,
+            saved: saved.clone(),
+        };
+        let y = x.contiguous()?.apply_op3(&w.contiguous()?, &params, op)?;
+        if train {
+            let Some(stats) = saved.stats.get() else {
+                candle_core::bail!("conv-batch-norm: the forward left no batch statistics")
+            };
+            update_running(&bn, stats, planes.count())?;
+        }
+        Ok(y)
+    }
+
     /// The running mean.
     pub fn running_mean(&self) -> &Var {
         &self.running_mean
@@ -303,7 +379,35 @@ impl Planes {
 fn fused_batch_norm(x: &Tensor, bn: &Affine, train: bool, epi: Epilogue) -> Result<Tensor> {
     let x = x.contiguous()?;
     let planes = Planes::of(&x)?;
-    let c = planes.c;
+    let params = channel_params(bn, &x, planes.c, train)?;
+    let batch = if train {
+        let stats = x.apply_op1_no_bwd(&BnStats {
+            planes,
+            eps: bn.cfg.eps,
+        })?;
+        update_running(bn, &stats, planes.count())?;
+        let host = stats.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+        Some(BatchStats {
+            mean: host[0].clone(),
+            inv: host[2].clone(),
+        })
+    } else {
+        None
+    };
+    let op = BnApply {
+        planes,
+        act: epi.act,
+        batch,
+    };
+    match epi.residual {
+        Some(r) => x.apply_op3(&params, &r.contiguous()?, op),
+        None => x.apply_op2(&params, op),
+    }
+}
+
+/// `(2, C)` in x's dtype: `[gamma; beta]` in training, the running statistics folded into `[scale; shift]`
+/// in eval (built with candle ops, so gradients reach gamma and beta either way).
+fn channel_params(bn: &Affine, x: &Tensor, c: usize, train: bool) -> Result<Tensor> {
     let gamma = match bn.weight {
         Some(w) => w.to_dtype(x.dtype())?,
         None => Tensor::ones(c, x.dtype(), x.device())?,
@@ -312,54 +416,158 @@ fn fused_batch_norm(x: &Tensor, bn: &Affine, train: bool, epi: Epilogue) -> Resu
         Some(b) => b.to_dtype(x.dtype())?,
         None => Tensor::zeros(c, x.dtype(), x.device())?,
     };
-    let (running_mean, running_var, cfg) = (bn.running_mean, bn.running_var, bn.cfg);
-    let (op, params) = if train {
-        let stats = x.apply_op1_no_bwd(&BnStats {
-            planes,
-            eps: cfg.eps,
-        })?;
-        let m = cfg.momentum;
-        let count = planes.count() as f64;
-        let rm = running_mean.as_tensor();
-        let rv = running_var.as_tensor();
-        let mean = stats.get(0)?.to_dtype(rm.dtype())?;
-        let unbiased = stats
-            .get(1)?
-            .to_dtype(rv.dtype())?
-            .affine(count / (count - 1.0), 0.)?;
-        running_mean.set(&rm.affine(1. - m, 0.)?.add(&mean.affine(m, 0.)?)?)?;
-        running_var.set(&rv.affine(1. - m, 0.)?.add(&unbiased.affine(m, 0.)?)?)?;
-        let host = stats.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
-        let op = BnApply {
-            planes,
-            act: epi.act,
-            batch: Some(BatchStats {
-                mean: host[0].clone(),
-                inv: host[2].clone(),
-            }),
+    if train {
+        return Tensor::stack(&[&gamma, &beta], 0);
+    }
+    let rm = bn.running_mean.as_tensor().detach().to_dtype(x.dtype())?;
+    let inv = bn
+        .running_var
+        .as_tensor()
+        .detach()
+        .to_dtype(x.dtype())?
+        .affine(1., bn.cfg.eps)?
+        .sqrt()?
+        .recip()?;
+    let scale = gamma.mul(&inv)?;
+    let shift = beta.sub(&rm.mul(&scale)?)?;
+    Tensor::stack(&[&scale, &shift], 0)
+}
+
+/// PyTorch's running-statistics update from a batch's `(3, C)` statistics (mean, biased variance, ...) over
+/// `count` values per channel: momentum average, unbiased variance.
+fn update_running(bn: &Affine, stats: &Tensor, count: usize) -> Result<()> {
+    let (m, count) = (bn.cfg.momentum, count as f64);
+    let rm = bn.running_mean.as_tensor();
+    let rv = bn.running_var.as_tensor();
+    let mean = stats.get(0)?.to_dtype(rm.dtype())?;
+    let unbiased = stats
+        .get(1)?
+        .to_dtype(rv.dtype())?
+        .affine(count / (count - 1.0), 0.)?;
+    bn.running_mean
+        .set(&rm.affine(1. - m, 0.)?.add(&mean.affine(m, 0.)?)?)?;
+    bn.running_var
+        .set(&rv.affine(1. - m, 0.)?.add(&unbiased.affine(m, 0.)?)?)
+}
+
+/// The error for a training batch with one value per channel, whose variance is undefined.
+fn single_value_error(dims: &[usize], count: usize) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "batch_norm: training needs more than one value per channel, got input {dims:?} (N*H*W = {count}); \
+         use drop_last or a batch of at least 2"
+    ))
+}
+
+/// `act(bn(conv(x)))` as one op: the convolution (dense or depthwise, no bias), the batch statistics of its
+/// output, [`BnApply`]'s normalisation and activation; the backward runs BatchNorm's and then the conv's.
+/// The conv output is kept inside the op instead of being a graph node, so candle's backward does not
+/// zero-fill and add a gradient of its size.
+struct ConvBnApply {
+    geom: Geometry,
+    depthwise: bool,
+    planes: Planes,
+    act: Activation,
+    eps: f64,
+    train: bool,
+    saved: Arc<ConvBnSaved>,
+}
+
+/// What the forward of a [`ConvBnApply`] leaves for its backward and for the running-statistics update.
+#[derive(Default)]
+struct ConvBnSaved {
+    /// The conv output, `(N, C_out, OH, OW)`.
+    z: OnceLock<Tensor>,
+    /// Its `(3, C_out)` batch statistics (training).
+    stats: OnceLock<Tensor>,
+}
+
+impl ConvBnApply {
+    fn run<T: Elem>(&self, x: &[T], w: &[T], p: &[T]) -> Result<(CpuStorage, Shape)> {
+        let (n, co, oh, ow) = self.geom.out_dims();
+        let (z, _) = conv_forward(&self.geom, self.depthwise, x, w)?;
+        let zs = T::slice(&z)?;
+        let batch = if self.train {
+            let (stats, _) = BnStats {
+                planes: self.planes,
+                eps: self.eps,
+            }
+            .run(zs)?;
+            let st = T::slice(&stats)?;
+            let c = self.planes.c;
+            let batch = BatchStats {
+                mean: st[..c].iter().map(|v| v.to_f64()).collect(),
+                inv: st[2 * c..].iter().map(|v| v.to_f64()).collect(),
+            };
+            let _ = self.saved.stats.set(cpu_tensor(stats, (3, c))?);
+            Some(batch)
+        } else {
+            None
         };
-        (op, Tensor::stack(&[&gamma, &beta], 0)?)
-    } else {
-        let rm = running_mean.as_tensor().detach().to_dtype(x.dtype())?;
-        let inv = running_var
-            .as_tensor()
-            .detach()
-            .to_dtype(x.dtype())?
-            .affine(1., cfg.eps)?
-            .sqrt()?
-            .recip()?;
-        let scale = gamma.mul(&inv)?;
-        let shift = beta.sub(&rm.mul(&scale)?)?;
-        let op = BnApply {
-            planes,
-            act: epi.act,
-            batch: None,
+        let (y, _) = BnApply {
+            planes: self.planes,
+            act: self.act,
+            batch,
+        }
+        .run(zs, p, None)?;
+        // A second forward through the same op (not something candle does) keeps the first conv output.
+        let _ = self.saved.z.set(cpu_tensor(z, (n, co, oh, ow))?);
+        Ok((y, Shape::from((n, co, oh, ow))))
+    }
+
+    /// The BatchNorm half, rebuilt from what the forward saved.
+    fn bn(&self) -> Result<BnApply> {
+        let batch = match (self.train, self.saved.stats.get()) {
+            (false, _) => None,
+            (true, Some(stats)) => {
+                let host = stats.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+                Some(BatchStats {
+                    mean: host[0].clone(),
+                    inv: host[2].clone(),
+                })
+            }
+            (true, None) => {
+                candle_core::bail!("conv-batch-norm backward: no batch statistics saved")
+            }
         };
-        (op, Tensor::stack(&[&scale, &shift], 0)?)
-    };
-    match epi.residual {
-        Some(r) => x.apply_op3(&params, &r.contiguous()?, op),
-        None => x.apply_op2(&params, op),
+        Ok(BnApply {
+            planes: self.planes,
+            act: self.act,
+            batch,
+        })
+    }
+}
+
+impl CustomOp3 for ConvBnApply {
+    fn name(&self) -> &'static str {
+        "fgvc-conv-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(z) = self.saved.z.get() else {
+            candle_core::bail!("conv-batch-norm backward: the forward saved no conv output")
+        };
+        let (dz, dparams, _) = self.bn()?.grads(z, params, y, dy, false)?;
+        let (dx, dw) = conv_grads(&self.geom, self.depthwise, x, w, &dz)?;
+        Ok((dx, dw, Some(dparams)))
     }
 }
 

@@ -91,6 +91,11 @@ impl Geometry {
         })
     }
 
+    /// The output's `(N, C_out, OH, OW)`.
+    pub(crate) fn out_dims(&self) -> (usize, usize, usize, usize) {
+        (self.n, self.co, self.oh, self.ow)
+    }
+
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
     }
@@ -201,6 +206,45 @@ fn per_image(g: &Geometry) -> bool {
     threads > 1 && g.n >= threads
 }
 
+/// The output of a dense (`depthwise` false) or depthwise convolution of `x` by `w`, both contiguous.
+pub(crate) fn conv_forward<T: Elem>(
+    geom: &Geometry,
+    depthwise: bool,
+    x: &[T],
+    w: &[T],
+) -> Result<(CpuStorage, Shape)> {
+    if depthwise {
+        DepthwiseOp { geom: *geom }.run(x, w)
+    } else {
+        ConvOp { geom: *geom }.run(x, w)
+    }
+}
+
+/// The input and weight gradients of a dense or depthwise convolution from the output gradient `dy`. An input
+/// that is neither a variable nor computed from one (the image batch) gets no gradient, as in PyTorch: for
+/// the stem that skips a full-resolution GEMM and col2im. A frozen (detached) weight likewise.
+pub(crate) fn conv_grads(
+    geom: &Geometry,
+    depthwise: bool,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dy = dy.contiguous()?;
+    let geom = *geom;
+    let dx = match (x.track_op(), depthwise) {
+        (false, _) => None,
+        (true, false) => Some(dy.apply_op2_no_bwd(w, &ConvGradInput { geom })?),
+        (true, true) => Some(dy.apply_op2_no_bwd(w, &DepthwiseGradInput { geom })?),
+    };
+    let dw = match (w.track_op(), depthwise) {
+        (false, _) => None,
+        (true, false) => Some(x.apply_op2_no_bwd(&dy, &ConvGradWeight { geom })?),
+        (true, true) => Some(x.apply_op2_no_bwd(&dy, &DepthwiseGradWeight { geom })?),
+    };
+    Ok((dx, dw))
+}
+
 /// Dense conv forward: (x, weight) -> y.
 pub(crate) struct ConvOp {
     pub(crate) geom: Geometry,
@@ -264,21 +308,7 @@ impl CustomOp2 for ConvOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        // An input that is neither a variable nor computed from one (the image batch) gets no gradient, as
-        // in PyTorch: for the stem that skips a full-resolution GEMM and col2im. A frozen (detached) weight
-        // likewise.
-        let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &ConvGradInput { geom: self.geom })?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&dy, &ConvGradWeight { geom: self.geom })?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        conv_grads(&self.geom, false, x, w, dy)
     }
 }
 
@@ -483,21 +513,7 @@ impl CustomOp2 for DepthwiseOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        // An input that is neither a variable nor computed from one (the image batch) gets no gradient, as
-        // in PyTorch: for the stem that skips a full-resolution GEMM and col2im. A frozen (detached) weight
-        // likewise.
-        let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &DepthwiseGradInput { geom: self.geom })?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&dy, &DepthwiseGradWeight { geom: self.geom })?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        conv_grads(&self.geom, true, x, w, dy)
     }
 }
 

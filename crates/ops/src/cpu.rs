@@ -80,6 +80,16 @@ macro_rules! elem {
 elem!(f32, F32);
 elem!(f64, F64);
 
+/// A CPU tensor that takes over a kernel's output storage (no copy).
+pub(crate) fn cpu_tensor(s: CpuStorage, shape: impl Into<candle_core::Shape>) -> Result<Tensor> {
+    let device = candle_core::Device::Cpu;
+    match s {
+        CpuStorage::F32(v) => Tensor::from_vec(v, shape, &device),
+        CpuStorage::F64(v) => Tensor::from_vec(v, shape, &device),
+        other => candle_core::bail!("fgvc-ops: unexpected {:?} kernel output", other.dtype()),
+    }
+}
+
 /// Whether the fast CPU kernels handle this tensor (CPU device, f32 or f64).
 pub(crate) fn fast_path(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)

@@ -8,7 +8,8 @@
 //! - [`max_pool2d`], [`global_max_pool`]: gradients routed to the first maximum (PyTorch's rule);
 //!   [`avg_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool`].
 //! - [`batch_norm`]: fused train/eval BatchNorm with PyTorch's running-statistics update;
-//!   [`BatchNorm::forward_act`] also folds a residual add and a ReLU/ReLU6 into the same pass.
+//!   [`BatchNorm::forward_act`] also folds a residual add and a ReLU/ReLU6 into the same pass, and
+//!   [`BatchNorm::forward_conv`] takes the preceding conv into the same op.
 //! - [`relu`], [`relu6`], [`elu`], [`gradient_reversal`]: small ops the backbones and heads need.
 //! - [`sgd_step`], [`adamw_step`]: `torch.optim.SGD`/`AdamW` parameter updates in place, one pass per tensor.
 //! - [`tune_allocator`]: glibc malloc settings that stop training steps page-faulting their buffers in.

@@ -293,3 +293,70 @@ fn gradient_reversal_flips_and_scales() {
     let g = y.sum_all().unwrap().backward().unwrap();
     assert_eq!(g.get(&x).unwrap().to_vec1::<f64>().unwrap(), vec![-0.5; 3]);
 }
+
+/// Conv + BatchNorm + activation as one op against the conv and the BatchNorm as two: outputs, running
+/// statistics and the gradients of the input, the conv weight, and the BatchNorm's weight and bias, bit for bit
+/// (the fused op runs the same kernels in the same order).
+#[test]
+fn conv_batch_norm_matches_the_two_ops() {
+    use candle_core::Module;
+    use fgvc_ops::{Conv2d, Conv2dConfig};
+    // (in, out, kernel, stride, padding, groups)
+    let cases = [
+        (3, 4, 3, 2, 1, 1), // strided 3x3
+        (4, 6, 1, 1, 0, 1), // pointwise
+        (5, 5, 3, 1, 1, 5), // depthwise
+    ];
+    for (ci, co, k, stride, pad, groups) in cases {
+        for train in [true, false] {
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                let run = |fused: bool| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(46);
+                    let store = ParamStore::new(3, DType::F64, &Device::Cpu);
+                    let p = store.root();
+                    let cfg = Conv2dConfig::new(stride, pad).with_groups(groups);
+                    let conv = Conv2d::new(ci, co, k, cfg, false, &p.pp("conv")).unwrap();
+                    let bn = BatchNorm::new(co, &p.pp("bn")).unwrap();
+                    for (name, var) in store.trainable() {
+                        if name.starts_with("bn.") {
+                            let shift = if name.ends_with("weight") { 2.0 } else { 0.5 };
+                            var.set(&randn(&mut rng, &[co], 1.0, shift)).unwrap();
+                        }
+                    }
+                    let x = Var::from_tensor(&randn(&mut rng, &[2, ci, 7, 6], 3.0, 0.5)).unwrap();
+                    let y = if fused {
+                        bn.forward_conv(&conv, x.as_tensor(), act, train).unwrap()
+                    } else {
+                        let z = conv.forward(x.as_tensor()).unwrap();
+                        bn.forward_act(&z, None, act, train).unwrap()
+                    };
+                    let g = randn(&mut rng, y.dims(), 1.0, 0.0);
+                    let grads = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
+                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                    let mut out = vec![flat(&y), flat(grads.get(x.as_tensor()).expect("dx"))];
+                    for (name, var) in store.all() {
+                        out.push(flat(var.as_tensor()));
+                        if let Some(gv) = grads.get(var.as_tensor()) {
+                            out.push(flat(gv));
+                        } else {
+                            assert!(name.contains("running"), "no gradient for {name}");
+                        }
+                    }
+                    out
+                };
+                let (fused, apart) = (run(true), run(false));
+                assert_eq!(fused.len(), apart.len());
+                for (a, b) in fused.iter().zip(&apart) {
+                    let (a, b): (Vec<u64>, Vec<u64>) = (
+                        a.iter().map(|v| (v + 0.0).to_bits()).collect(),
+                        b.iter().map(|v| (v + 0.0).to_bits()).collect(),
+                    );
+                    assert_eq!(
+                        a, b,
+                        "conv {ci}->{co} k{k} s{stride} g{groups}, train {train}, {act:?}"
+                    );
+                }
+            }
+        }
+    }
+}
