@@ -11,7 +11,7 @@
 //! * The backbone is headless and its parameters keep torchvision's names; every new layer lives under
 //!   [`HEAD_PREFIX`] (`heads.`).
 //! * Multi-stage heads (PMG, RMG-PMSI) read the three deepest stages of
-//!   [`Backbone::stage_info`]: ResNet `layer2`..`layer4`, VGG-16
+//!   [`Backbone::stage_info`](fgvc_backbone::Backbone::stage_info): ResNet `layer2`..`layer4`, VGG-16
 //!   `block3`..`block5` (conv3_3, conv4_3, conv5_3 after their ReLU, before the pool), MobileNetV2
 //!   `features[4:7]`, `features[7:14]`, `features[14:]` (RMG-PMSI's x3, x4, x5). Single-map heads (DCL,
 //!   Coarse2Fine) read the deepest stage.
