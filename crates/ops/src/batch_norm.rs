@@ -387,10 +387,7 @@ fn fused_batch_norm(x: &Tensor, bn: &Affine, train: bool, epi: Epilogue) -> Resu
         })?;
         update_running(bn, &stats, planes.count())?;
         let host = stats.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
-        Some(BatchStats {
-            mean: host[0].clone(),
-            inv: host[2].clone(),
-        })
+        Some(BatchStats::from_rows(&host[0], &host[2]))
     } else {
         None
     };
@@ -477,8 +474,10 @@ struct ConvBnApply {
 struct ConvBnSaved {
     /// The conv output, `(N, C_out, OH, OW)`.
     z: OnceLock<Tensor>,
-    /// Its `(3, C_out)` batch statistics (training).
+    /// Its `(3, C_out)` batch statistics (training), for the running-statistics update.
     stats: OnceLock<Tensor>,
+    /// The same statistics on the host, for the backward.
+    batch: OnceLock<BatchStats>,
 }
 
 impl ConvBnApply {
@@ -494,10 +493,8 @@ impl ConvBnApply {
             .run(zs)?;
             let st = T::slice(&stats)?;
             let c = self.planes.c;
-            let batch = BatchStats {
-                mean: st[..c].iter().map(|v| v.to_f64()).collect(),
-                inv: st[2 * c..].iter().map(|v| v.to_f64()).collect(),
-            };
+            let batch = BatchStats::from_rows(&st[..c], &st[2 * c..]);
+            let _ = self.saved.batch.set(batch.clone());
             let _ = self.saved.stats.set(cpu_tensor(stats, (3, c))?);
             Some(batch)
         } else {
@@ -514,17 +511,11 @@ impl ConvBnApply {
         Ok((y, Shape::from((n, co, oh, ow))))
     }
 
-    /// The BatchNorm half, rebuilt from what the forward saved.
+    /// The BatchNorm half, with the batch statistics the forward saved.
     fn bn(&self) -> Result<BnApply> {
-        let batch = match (self.train, self.saved.stats.get()) {
+        let batch = match (self.train, self.saved.batch.get()) {
             (false, _) => None,
-            (true, Some(stats)) => {
-                let host = stats.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
-                Some(BatchStats {
-                    mean: host[0].clone(),
-                    inv: host[2].clone(),
-                })
-            }
+            (true, Some(batch)) => Some(batch.clone()),
             (true, None) => {
                 candle_core::bail!("conv-batch-norm backward: no batch statistics saved")
             }
@@ -666,6 +657,16 @@ impl CustomOp1 for BnStats {
 struct BatchStats {
     mean: Vec<f64>,
     inv: Vec<f64>,
+}
+
+impl BatchStats {
+    /// From the mean and inverse-std rows of a `(3, C)` statistics matrix.
+    fn from_rows<T: Elem>(mean: &[T], inv: &[T]) -> Self {
+        Self {
+            mean: mean.iter().map(|v| v.to_f64()).collect(),
+            inv: inv.iter().map(|v| v.to_f64()).collect(),
+        }
+    }
 }
 
 /// `y = act((x - mean) * inv * gamma + beta + residual)` with the batch statistics (training), or
