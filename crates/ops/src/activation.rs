@@ -37,6 +37,65 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// The activation at `z`, as selects (branch-free; NaN propagates as in PyTorch's relu and clamp).
+    #[inline(always)]
+    pub(crate) fn value<T: Elem>(self, z: T) -> T {
+        let lo = if z < T::ZERO { T::ZERO } else { z };
+        match self {
+            Activation::Identity => z,
+            Activation::Relu => lo,
+            Activation::Relu6 => {
+                let six = T::from_f64(6.);
+                if lo > six {
+                    six
+                } else {
+                    lo
+                }
+            }
+        }
+    }
+
+    /// The gradient `g` where the activation passes it, 0 elsewhere, judged from its input or output `v`
+    /// (strictly inside (0, 6) for ReLU6, above 0 for ReLU: PyTorch's `hardtanh_backward`/`threshold_backward`).
+    /// `&` rather than `&&` keeps it a select the loops vectorise.
+    #[inline(always)]
+    pub(crate) fn pass<T: Elem>(self, g: T, v: T) -> T {
+        let open = match self {
+            Activation::Identity => true,
+            Activation::Relu => v > T::ZERO,
+            Activation::Relu6 => (v > T::ZERO) & (v < T::from_f64(6.)),
+        };
+        if open {
+            g
+        } else {
+            T::ZERO
+        }
+    }
+}
+
+/// Runs `$body` with `$a` a constant of each activation in turn, so that every arm's loops compile with
+/// that activation's formula inlined rather than a match per element.
+macro_rules! per_activation {
+    ($act:expr, $a:ident => $body:expr) => {
+        match $act {
+            $crate::activation::Activation::Identity => {
+                const $a: $crate::activation::Activation = $crate::activation::Activation::Identity;
+                $body
+            }
+            $crate::activation::Activation::Relu => {
+                const $a: $crate::activation::Activation = $crate::activation::Activation::Relu;
+                $body
+            }
+            $crate::activation::Activation::Relu6 => {
+                const $a: $crate::activation::Activation = $crate::activation::Activation::Relu6;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use per_activation;
+
 /// `max(x, 0)` with a one-pass forward and backward (candle's own ReLU backward takes six passes over the
 /// tensor, one of them single-threaded). The gradient at 0 is 0, as PyTorch's.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
@@ -81,7 +140,6 @@ const CHUNK: usize = 1 << 14;
 
 impl Unary {
     fn fwd<T: Elem>(&self, x: &[T]) -> Vec<T> {
-        let six = T::from_f64(6.);
         // SAFETY: the chunks tile y and every element of each is written.
         unsafe {
             written(x.len(), |y| {
@@ -91,16 +149,12 @@ impl Unary {
                         simd(|| match *self {
                             Unary::Relu => {
                                 for (o, &v) in out.iter_mut().zip(inp) {
-                                    // NaN propagates, as in PyTorch's relu.
-                                    o.write(if v < T::ZERO { T::ZERO } else { v });
+                                    o.write(Activation::Relu.value(v));
                                 }
                             }
                             Unary::Relu6 => {
                                 for (o, &v) in out.iter_mut().zip(inp) {
-                                    // Two selects rather than an if-else chain: branch-free, and NaN propagates as in
-                                    // PyTorch's clamp.
-                                    let lo = if v < T::ZERO { T::ZERO } else { v };
-                                    o.write(if lo > six { six } else { lo });
+                                    o.write(Activation::Relu6.value(v));
                                 }
                             }
                             Unary::Elu(alpha) => {
@@ -120,7 +174,6 @@ impl Unary {
     }
 
     fn grad<T: Elem>(&self, x: &[T], dy: &[T]) -> Vec<T> {
-        let six = T::from_f64(6.);
         // SAFETY: the chunks tile dx and every element of each is written.
         unsafe {
             written(x.len(), |dx| {
@@ -130,16 +183,12 @@ impl Unary {
                         simd(|| match *self {
                             Unary::Relu => {
                                 for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
-                                    o.write(if v > T::ZERO { g } else { T::ZERO });
+                                    o.write(Activation::Relu.pass(g, v));
                                 }
                             }
                             Unary::Relu6 => {
                                 for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
-                                    o.write(if (v > T::ZERO) & (v < six) {
-                                        g
-                                    } else {
-                                        T::ZERO
-                                    });
+                                    o.write(Activation::Relu6.pass(g, v));
                                 }
                             }
                             Unary::Elu(alpha) => {

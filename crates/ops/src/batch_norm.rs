@@ -8,7 +8,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::activation::Activation;
+use crate::activation::{per_activation, Activation};
 use crate::conv::Conv2d;
 use crate::conv_cpu::{conv_forward, conv_grads, Geometry};
 use crate::cpu::{contiguous, cpu_tensor, dispatch, fast_path, plane_chunk, simd, written, Elem};
@@ -699,24 +699,10 @@ impl BnApply {
         let k = self.coefficients(p);
         // SAFETY: `apply` writes every plane of y.
         let y = unsafe {
-            written(x.len(), |y| match self.act {
-                Activation::Identity => self.apply(x, r, &k, y, |z| z),
-                Activation::Relu => {
-                    self.apply(x, r, &k, y, |z| if z > T::ZERO { z } else { T::ZERO })
-                }
-                Activation::Relu6 => {
-                    let six = T::from_f64(6.);
-                    // Two selects rather than a chain: branch-free, and NaN propagates as in PyTorch's clamp.
-                    self.apply(x, r, &k, y, |z| {
-                        let lo = if z < T::ZERO { T::ZERO } else { z };
-                        if lo > six {
-                            six
-                        } else {
-                            lo
-                        }
-                    })
-                }
-            })
+            written(
+                x.len(),
+                |y| per_activation!(self.act, ACT => self.apply(x, r, &k, y, |z| ACT.value(z))),
+            )
         };
         Ok((T::wrap(y), Shape::from(0)))
     }
@@ -916,21 +902,19 @@ impl CustomOp2 for ActGrad {
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!(self.name(), s1, T => {
             let (dy, y) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
-            let six = T::from_f64(6.);
-            let relu6 = matches!(self.0, Activation::Relu6);
+            let act = self.0;
             // SAFETY: the chunks tile dz and every element of each is written.
             let dz = unsafe {
                 written(dy.len(), |dz| {
-            dz.par_chunks_mut(1 << 14)
-                .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-                .for_each(|(o, (g, v))| {
-                    simd(|| {
-                        for ((o, &g), &v) in o.iter_mut().zip(g).zip(v) {
-                            let pass = (v > T::ZERO) & (!relu6 | (v < six));
-                            o.write(if pass { g } else { T::ZERO });
-                        }
-                    })
-                });
+                    dz.par_chunks_mut(1 << 14)
+                        .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+                        .for_each(|(o, (g, v))| {
+                            per_activation!(act, ACT => simd(|| {
+                                for ((o, &g), &v) in o.iter_mut().zip(g).zip(v) {
+                                    o.write(ACT.pass(g, v));
+                                }
+                            }))
+                        })
                 })
             };
             Ok((T::wrap(dz), l1.shape().clone()))
@@ -949,20 +933,7 @@ struct ChannelSums {
 
 impl ChannelSums {
     fn run<T: Elem>(&self, x: &[T], dy: &[T], y: &[T]) -> Result<(CpuStorage, Shape)> {
-        let sums = match self.act {
-            Activation::Identity => self.sums(x, dy, y, |g, _| g),
-            Activation::Relu => self.sums(x, dy, y, |g, v| if v > T::ZERO { g } else { T::ZERO }),
-            Activation::Relu6 => {
-                let six = T::from_f64(6.);
-                self.sums(x, dy, y, |g, v| {
-                    if (v > T::ZERO) & (v < six) {
-                        g
-                    } else {
-                        T::ZERO
-                    }
-                })
-            }
-        };
+        let sums = per_activation!(self.act, ACT => self.sums(x, dy, y, |g, v| ACT.pass(g, v)));
         let c = self.planes.c;
         let mut out = vec![T::ZERO; 2 * c];
         for (ch, [a, b]) in sums.into_iter().enumerate() {
@@ -1022,22 +993,10 @@ impl ChannelGrad {
     fn run<T: Elem>(&self, dy: &[T], x: &[T], y: &[T]) -> Result<(CpuStorage, Shape)> {
         // SAFETY: `fill` writes every plane of dx.
         let dx = unsafe {
-            written(x.len(), |dx| match self.act {
-                Activation::Identity => self.fill(dy, x, y, dx, |g, _| g),
-                Activation::Relu => {
-                    self.fill(dy, x, y, dx, |g, v| if v > T::ZERO { g } else { T::ZERO })
-                }
-                Activation::Relu6 => {
-                    let six = T::from_f64(6.);
-                    self.fill(dy, x, y, dx, |g, v| {
-                        if (v > T::ZERO) & (v < six) {
-                            g
-                        } else {
-                            T::ZERO
-                        }
-                    })
-                }
-            })
+            written(
+                x.len(),
+                |dx| per_activation!(self.act, ACT => self.fill(dy, x, y, dx, |g, v| ACT.pass(g, v))),
+            )
         };
         Ok((T::wrap(dx), Shape::from(0)))
     }
