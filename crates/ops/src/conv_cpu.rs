@@ -11,8 +11,7 @@ use rayon::prelude::*;
 
 use crate::conv::Conv2dConfig;
 use crate::cpu::{
-    contiguous, dispatch, matmul, matmul_serial, matmul_write, simd, valid_range, written, zeroed,
-    Elem, Mat,
+    contiguous, dispatch, matmul, matmul_write, simd, valid_range, written, zeroed, Elem, Mat,
 };
 
 /// Every size of one convolution call.
@@ -328,8 +327,7 @@ impl ConvGradInput {
             if g.pointwise() {
                 matmul_write(g.ci, ohw, g.co, dxb, wt, dyb, parallel);
             } else {
-                let product = if parallel { matmul } else { matmul_serial };
-                product(k, ohw, g.co, dcols, false, wt, dyb);
+                matmul(k, ohw, g.co, dcols, false, wt, dyb, parallel);
                 col2im(g, dcols, dxb, parallel);
             }
         };
@@ -382,7 +380,6 @@ impl ConvGradWeight {
         // dW (+)= dY_b * cols_b^T for the images `range`, into `dw`.
         let images = |range: std::ops::Range<usize>, dw: &mut [T], parallel: bool| {
             let mut cols = vec![T::ZERO; cols_len];
-            let product = if parallel { matmul } else { matmul_serial };
             for (i, b) in range.enumerate() {
                 let xb = &x[b * chw..(b + 1) * chw];
                 let dyb = &dy[b * g.co * ohw..(b + 1) * g.co * ohw];
@@ -393,7 +390,7 @@ impl ConvGradWeight {
                     &cols
                 };
                 let (a, bt) = (Mat::rows(dyb, ohw), Mat::transposed(rhs, ohw));
-                product(g.co, k, ohw, dw, i > 0, a, bt);
+                matmul(g.co, k, ohw, dw, i > 0, a, bt, parallel);
             }
         };
         let mut dw = vec![T::ZERO; g.co * k];

@@ -155,37 +155,14 @@ impl<T> Mat<T> {
     }
 }
 
-/// `c (m x n, dense row-major) = [c +] a (m x k) * b (k x n)` through the `gemm` crate, on the current rayon pool.
+/// `c (m x n, dense row-major) = [c +] a (m x k) * b (k x n)` through the `gemm` crate: split across the
+/// current rayon pool when `parallel`, else on the calling thread (for callers that already run one product
+/// per rayon task).
 ///
 /// The caller guarantees that `a` and `b` address at least `m x k` and `k x n` elements with their strides and
 /// that `c` holds `m * n` elements.
-pub(crate) fn matmul<T: Elem>(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [T],
-    accumulate: bool,
-    a: Mat<T>,
-    b: Mat<T>,
-) {
-    gemm_into(m, n, k, c, accumulate, a, b, true)
-}
-
-/// [`matmul`] on the calling thread alone, for callers that already run one product per rayon task.
-pub(crate) fn matmul_serial<T: Elem>(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [T],
-    accumulate: bool,
-    a: Mat<T>,
-    b: Mat<T>,
-) {
-    gemm_into(m, n, k, c, accumulate, a, b, false)
-}
-
 #[allow(clippy::too_many_arguments)]
-fn gemm_into<T: Elem>(
+pub(crate) fn matmul<T: Elem>(
     m: usize,
     n: usize,
     k: usize,
@@ -207,7 +184,7 @@ fn gemm_into<T: Elem>(
 }
 
 /// `c (m x n) = a (m x k) * b (k x n)` into a buffer that need not be initialised: every element is written,
-/// none read. Threads as [`matmul`] when `parallel`, else as [`matmul_serial`].
+/// none read. Threads as [`matmul`].
 pub(crate) fn matmul_write<T: Elem>(
     m: usize,
     n: usize,
@@ -389,7 +366,16 @@ mod tests {
         let a = [1.0f64, 2., 3., 4., 5., 6.]; // 3x2
         let b = [1.0f64, 0., 2., 0., 1., 3.]; // 2x3
         let mut c = [0.0f64; 9];
-        matmul(3, 3, 2, &mut c, false, Mat::rows(&a, 2), Mat::rows(&b, 3));
+        matmul(
+            3,
+            3,
+            2,
+            &mut c,
+            false,
+            Mat::rows(&a, 2),
+            Mat::rows(&b, 3),
+            true,
+        );
         assert_eq!(c, [1., 2., 8., 3., 4., 18., 5., 6., 28.]);
         // c2 (2x2) = a^T a, accumulated onto ones
         let mut c2 = [1.0f64; 4];
@@ -401,6 +387,7 @@ mod tests {
             true,
             Mat::transposed(&a, 2),
             Mat::rows(&a, 2),
+            false,
         );
         assert_eq!(c2, [36., 45., 45., 57.]);
     }
