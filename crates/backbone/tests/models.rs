@@ -479,3 +479,109 @@ fn dropout_is_seeded_and_only_active_in_training() -> Result<()> {
     );
     Ok(())
 }
+
+/// Builds a backbone into a store.
+type BuildBackbone = dyn Fn(&ParamStore) -> Result<Box<dyn Backbone>>;
+
+/// One training step of `net` in f64 on a fixed input: logits, every trainable gradient and every stored
+/// value afterwards (running statistics included).
+fn train_step(
+    build: &dyn Fn(&ParamStore) -> Result<Box<dyn Backbone>>,
+) -> Result<Vec<(String, Vec<f64>)>> {
+    let s = ParamStore::new(9, DType::F64, &Device::Cpu);
+    let net = build(&s)?;
+    let x = Tensor::arange(0f64, (2 * 3 * 32 * 32) as f64, &Device::Cpu)?
+        .affine(0.37, 0.)?
+        .sin()?
+        .reshape((2, 3, 32, 32))?;
+    let y = net.forward_t(&x, true)?;
+    let target = Tensor::arange(0f64, y.elem_count() as f64, &Device::Cpu)?
+        .cos()?
+        .reshape(y.dims())?;
+    let grads = (&y * &target)?.sum_all()?.backward()?;
+    let mut out = vec![("logits".to_string(), y.flatten_all()?.to_vec1()?)];
+    for (name, var) in s.trainable() {
+        let g = grads
+            .get(var.as_tensor())
+            .with_context(|| format!("no gradient for {name}"))?;
+        out.push((format!("grad {name}"), g.flatten_all()?.to_vec1()?));
+    }
+    for (name, var) in s.all() {
+        out.push((name, var.as_tensor().flatten_all()?.to_vec1()?));
+    }
+    Ok(out)
+}
+
+/// The composite candle ops that run on CUDA and Metal ([`fgvc_ops::with_composite_ops`]) against the CPU
+/// kernels, whole models in f64. Errors are measured against the largest gradient, since some gradients are
+/// zero in exact arithmetic (a BatchNorm bias whose output only reaches a training-mode BatchNorm through
+/// 1x1 convs) and are rounding noise on both paths.
+#[test]
+fn composite_path_matches_the_cpu_kernels() -> Result<()> {
+    let models: [(&str, Box<BuildBackbone>); 3] = [
+        (
+            "resnet50 (width 4)",
+            Box::new(|s: &ParamStore| {
+                let cfg = ResNetConfig {
+                    base_width: 4,
+                    ..ResNetConfig::resnet50(Some(5))
+                };
+                Ok(Box::new(ResNet::new(cfg, &s.root())?) as Box<dyn Backbone>)
+            }),
+        ),
+        (
+            "mobilenet_v2 (width 0.25)",
+            Box::new(|s: &ParamStore| {
+                let cfg = MobileNetV2Config {
+                    width_mult: 0.25,
+                    num_classes: Some(5),
+                    dropout: 0.0,
+                    ..Default::default()
+                };
+                Ok(Box::new(MobileNetV2::new(cfg, &s.root())?) as Box<dyn Backbone>)
+            }),
+        ),
+        (
+            "vgg16_bn (hidden 32)",
+            Box::new(|s: &ParamStore| {
+                let cfg = VggConfig {
+                    hidden: 32,
+                    dropout: 0.0,
+                    ..VggConfig::vgg16(true, Some(5))
+                };
+                Ok(Box::new(Vgg::new(cfg, &s.root())?) as Box<dyn Backbone>)
+            }),
+        ),
+    ];
+    for (model, build) in &models {
+        let fast = train_step(build.as_ref())?;
+        let composite = fgvc_ops::with_composite_ops(|| train_step(build.as_ref()))?;
+        ensure!(
+            fast.len() == composite.len(),
+            "{model}: outcomes differ in number"
+        );
+        let max_abs = |v: &[f64]| v.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let scale = fast
+            .iter()
+            .filter(|(n, _)| n.starts_with("grad "))
+            .fold(0f64, |m, (_, v)| m.max(max_abs(v)));
+        ensure!(scale > 0.0, "{model}: every gradient is zero");
+        for ((name, a), (other, b)) in fast.iter().zip(&composite) {
+            ensure!(
+                name == other && a.len() == b.len(),
+                "{model}: {name} vs {other}"
+            );
+            let floor = if name.starts_with("grad ") {
+                scale
+            } else {
+                1.0
+            };
+            let worst = a.iter().zip(b).fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+            ensure!(
+                worst <= 1e-9 * max_abs(a).max(floor),
+                "{model} {name}: kernels and composite differ by {worst:e}"
+            );
+        }
+    }
+    Ok(())
+}

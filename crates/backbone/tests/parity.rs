@@ -298,3 +298,15 @@ fn mobilenet_v2_train_step_matches_torch() -> Result<()> {
     let net = MobileNetV2::new(cfg, &s.root())?;
     train_parity("train_mobilenet_v2_w050_s1", &net, &s)
 }
+
+/// The ResNet-18 step again through the composite candle ops that CUDA and Metal run
+/// ([`fgvc_ops::with_composite_ops`]): the GPU path must match torchvision too. (MobileNetV2's f32 gradients
+/// drift past this tolerance on either path's rounding; `models.rs` compares its two paths in f64 instead.)
+#[test]
+fn resnet18_train_step_matches_torch_on_the_composite_path() -> Result<()> {
+    fgvc_ops::with_composite_ops(|| {
+        let s = store();
+        let net = ResNet::new(ResNetConfig::resnet18(Some(10)), &s.root())?;
+        train_parity("train_resnet18", &net, &s)
+    })
+}

@@ -1,6 +1,7 @@
 //! Shared pieces of the CPU kernels: the element trait (f32 and f64), contiguous slices out of candle's
 //! storages, the GEMM wrapper and index-range helpers.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
@@ -90,9 +91,42 @@ pub(crate) fn cpu_tensor(s: CpuStorage, shape: impl Into<candle_core::Shape>) ->
     }
 }
 
-/// Whether the fast CPU kernels handle this tensor (CPU device, f32 or f64).
+/// Whether the fast CPU kernels handle this tensor (CPU device, f32 or f64, not inside [`with_composite_ops`]).
 pub(crate) fn fast_path(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && !COMPOSITE_ONLY.with(Cell::get)
+}
+
+thread_local! {
+    static COMPOSITE_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with this crate's CPU kernels switched off on the calling thread: every op takes the composite of
+/// candle ops it takes on CUDA and Metal, so that path can be checked (and compared) on a CPU.
+///
+/// The switch covers ops *built* inside `f`; their backward passes follow the path their forward took. It is
+/// restored when `f` returns or panics, and other threads are not affected.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+///
+/// let x = Tensor::new(&[[-1f32, 2.], [3., -4.]], &Device::Cpu)?;
+/// let fast = fgvc_ops::relu(&x)?;
+/// let composite = fgvc_ops::with_composite_ops(|| fgvc_ops::relu(&x))?;
+/// assert_eq!(fast.to_vec2::<f32>()?, composite.to_vec2::<f32>()?);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn with_composite_ops<R>(f: impl FnOnce() -> R) -> R {
+    /// Puts the previous setting back, also when `f` unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSITE_ONLY.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPOSITE_ONLY.with(|c| c.replace(true)));
+    f()
 }
 
 /// The contiguous elements of a storage described by `l`.

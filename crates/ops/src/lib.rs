@@ -20,7 +20,8 @@
 //! backward whose loops run as AVX2+FMA code when the CPU has them (a runtime check; the crate itself targets
 //! baseline x86-64), and outputs are written without a zero-fill first (`docs/performance.md` has the speed
 //! against candle's own ops and PyTorch). On other devices and
-//! dtypes the ops fall back to compositions of candle's own ops, so everything runs on CUDA and Metal too.
+//! dtypes the ops fall back to compositions of candle's own ops, so everything runs on CUDA and Metal too;
+//! [`with_composite_ops`] takes that path on the CPU, where `tests/composite.rs` checks it against the kernels.
 //!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
@@ -54,6 +55,7 @@ pub use activation::{elu, gradient_reversal, relu, relu6, Activation};
 pub use alloc::tune_allocator;
 pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
 pub use conv::{conv2d, depthwise_conv2d, Conv2d, Conv2dConfig};
+pub use cpu::with_composite_ops;
 pub use dropout::Dropout;
 pub use linear::Linear;
 pub use params::{is_buffer, Init, ParamStore, Params};
