@@ -121,7 +121,9 @@ pub fn bilinear_attention_pool(features: &Tensor, maps: &Tensor) -> Result<Tenso
         .reshape((b, m * c))?;
     // sign() has no gradient in candle (it is pruned), which is right: d/dP sign(P) sqrt(|P|) = 1/(2 sqrt|P|).
     let p = p.sign()?.mul(&p.abs()?.affine(1.0, 1e-12)?.sqrt()?)?;
-    let norm = p.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    // F.normalize's max(||p||, 1e-12), written as sqrt(max(||p||², 1e-24)): the same values, but an image whose
+    // P is all zero (every attention map dead) gets a zero gradient instead of sqrt's 0/0 = NaN at 0.
+    let norm = p.sqr()?.sum_keepdim(1)?.clamp(1e-24f32, f32::MAX)?.sqrt()?;
     p.broadcast_div(&norm)
 }
 

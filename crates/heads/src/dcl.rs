@@ -256,7 +256,7 @@ pub fn official_location_loss(mask: &Tensor, law: &Tensor) -> Result<Tensor> {
             law.dims()
         )
     }
-    mask.sub(law)?.abs()?.mean_all()
+    mask.sub(&law.to_dtype(mask.dtype())?)?.abs()?.mean_all()
 }
 
 /// The paper's location targets (B, 2, N, N): at each position of image b, the 1-based (row, column) of the
@@ -284,7 +284,10 @@ pub fn paper_location_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
         )
     }
     let b = pred.dim(0)? as f64;
-    pred.sub(target)?.abs()?.sum_all()?.affine(1.0 / b, 0.0)
+    pred.sub(&target.to_dtype(pred.dtype())?)?
+        .abs()?
+        .sum_all()?
+        .affine(1.0 / b, 0.0)
 }
 
 /// The discriminator's targets: `cls_2` gives 1 for an original and 0 for a destroyed image; `cls_mul` gives

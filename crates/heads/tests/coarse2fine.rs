@@ -67,6 +67,43 @@ fn attention_weight_starts_orthogonal() {
     );
 }
 
+/// An image whose attention maps are all zero (every map dead after the ReLU, common on tiny maps) pools to
+/// zeros. Its gradient must be finite, as `F.normalize`'s is: candle's sqrt backward gave 0/0 = NaN there and
+/// poisoned every parameter's gradient.
+#[test]
+fn bilinear_attention_pooling_of_dead_maps_has_a_finite_gradient() {
+    let f = Var::from_tensor(&det((2, 3, 2, 2), 5).unwrap()).unwrap();
+    let live = det((1, 2, 2, 2), 6).unwrap().relu().unwrap();
+    let dead = Tensor::zeros((1, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
+    let a = Var::from_tensor(&Tensor::cat(&[&live, &dead], 0).unwrap()).unwrap();
+    let p = bilinear_attention_pool(f.as_tensor(), a.as_tensor()).unwrap();
+    assert_eq!(p.get(1).unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 6]);
+    let weights = det((2, 6, 1, 1), 7).unwrap().reshape((2, 6)).unwrap();
+    let grads = (p * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, v) in [("features", &f), ("maps", &a)] {
+        let g = grads.get(v.as_tensor()).unwrap();
+        let values = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(values.iter().all(|x| x.is_finite()), "{name}: {values:?}");
+        // The live image still gets a gradient.
+        assert!(
+            g.get(0)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+    }
+}
+
 #[test]
 fn bilinear_attention_pooling_is_ws_dan_bap() {
     let f = det((2, 3, 2, 2), 5).unwrap();
