@@ -1,0 +1,154 @@
+//! Every recipe's training step through the composite candle ops that run on CUDA and Metal
+//! ([`fgvc_ops::with_composite_ops`]) against the CPU kernels, in f64: the gradients each optimiser step
+//! receives agree, so a recipe trains the same on a GPU as on the CPU.
+
+mod methods_support;
+
+use candle_core::{DType, Device};
+use fgvc_ops::ParamStore;
+use fgvc_train::methods::coarse2fine::{Coarse2FineMethod, Coarse2FineOptions};
+use fgvc_train::methods::dcl::{Dcl, DclOptions};
+use fgvc_train::methods::pmg::{Pmg, PmgOptions};
+use fgvc_train::methods::rmg_pmsi::{RmgPmsi, RmgPmsiOptions};
+use fgvc_train::model::ModelConfig;
+use fgvc_train::Method;
+use methods_support::*;
+
+type Build = dyn Fn(&ModelConfig, ParamStore) -> Box<dyn Method>;
+
+/// The gradients of every optimiser step of one `train_step`, in f64, in step order.
+fn gradients(m: &ModelConfig, build: &Build, size: usize, composite: bool) -> Log {
+    let body = || {
+        let mut method = build(m, ParamStore::new(4, DType::F64, &Device::Cpu));
+        let mut b = batch(4, size, 3, 1);
+        b.images = b.images.to_dtype(DType::F64).unwrap();
+        // Learning rate 0: every optimiser step of the recipe sees the same parameters on both paths. With
+        // updates, rounding-level differences flip max-pool and ReLU decisions in later steps and the
+        // gradients part for reasons that have nothing to do with the ops.
+        let (mut opt, log) = recording_sgd(&*method, 0.0, 0.0, method.default_zero_grad());
+        let stats = train_step(&mut *method, &mut opt, &b, 10, 0);
+        assert!(stats.loss.is_finite(), "{}: {stats:?}", method.name());
+        log
+    };
+    if composite {
+        fgvc_ops::with_composite_ops(body)
+    } else {
+        body()
+    }
+}
+
+fn agree(m: &ModelConfig, size: usize, build: &Build) {
+    let (fast, composite) = (
+        gradients(m, build, size, false),
+        gradients(m, build, size, true),
+    );
+    let (fast, composite) = (fast.lock().unwrap(), composite.lock().unwrap());
+    assert!(!fast.is_empty(), "no optimiser step");
+    assert_eq!(
+        fast.len(),
+        composite.len(),
+        "{}: optimiser steps",
+        m.backbone
+    );
+    for (step, (a, b)) in fast.iter().zip(composite.iter()).enumerate() {
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{} step {step}: parameters with a gradient",
+            m.backbone
+        );
+        let abs_max = |t: &candle_core::Tensor| {
+            t.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        // Measured against the step's largest gradient: some are zero in exact arithmetic (a shift that only
+        // reaches a training-mode BatchNorm) and rounding noise on both paths.
+        let scale = a.values().map(abs_max).fold(0f64, f64::max);
+        assert!(
+            scale > 0.0,
+            "{} step {step}: all gradients zero",
+            m.backbone
+        );
+        for (name, g) in a {
+            let diff = abs_max(&(g - &b[name]).unwrap());
+            assert!(
+                diff <= 1e-9 * abs_max(g).max(scale),
+                "{} step {step} {name}: kernels and composite differ by {diff:e}",
+                m.backbone
+            );
+        }
+    }
+}
+
+fn families() -> [ModelConfig; 2] {
+    [resnet_tiny(), mobilenet_quarter()]
+}
+
+#[test]
+fn pmg() {
+    let build: &Build = &|m, s| {
+        let o = PmgOptions {
+            feature_size: 8,
+            block_channels: Some(8),
+            ..PmgOptions::default()
+        };
+        Box::new(Pmg::new(m, o, 3, s).unwrap())
+    };
+    for m in families() {
+        agree(&m, 32, build);
+    }
+}
+
+#[test]
+fn rmg_pmsi() {
+    let build: &Build = &|m, s| {
+        let o = RmgPmsiOptions {
+            feature_size: 8,
+            block_channels: Some(8),
+            ..RmgPmsiOptions::default()
+        };
+        Box::new(RmgPmsi::new(m, o, 3, s).unwrap())
+    };
+    for m in families() {
+        agree(&m, 32, build);
+    }
+}
+
+#[test]
+fn dcl() {
+    let build: &Build = &|m, s| {
+        let o = DclOptions {
+            grid: 2,
+            k: 1,
+            ..DclOptions::default()
+        };
+        let normalize = fgvc_augment::transforms::Normalize::IMAGENET;
+        Box::new(Dcl::new(m, o, 3, s, normalize).unwrap())
+    };
+    for m in families() {
+        agree(&m, 64, build);
+    }
+}
+
+#[test]
+fn coarse2fine() {
+    let build: &Build = &|m, s| {
+        let o = Coarse2FineOptions {
+            num_attentions: 4,
+            reduce_channels: 4,
+            hidden_channels: 8,
+            coarse_epochs: 5,
+            ..Coarse2FineOptions::default()
+        };
+        Box::new(Coarse2FineMethod::new(m, o, 3, s).unwrap())
+    };
+    for m in families() {
+        agree(&m, 32, build);
+    }
+}
