@@ -11,17 +11,11 @@ use fgvc_ops::{
     global_max_pool, gradient_reversal, max_pool2d, relu, relu6, sgd_step, with_composite_ops,
     Activation, AdamWStep, BatchNorm, Conv2d, Conv2dConfig, Linear, ParamStore, Params, SgdStep,
 };
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+mod common;
 
-fn randn(rng: &mut ChaCha8Rng, shape: &[usize], scale: f64, shift: f64) -> Tensor {
-    let n: usize = shape.iter().product();
-    // Distinct uniform values: no max-pool ties (candle's `maximum` splits a tie's gradient in two).
-    let v: Vec<f64> = (0..n)
-        .map(|_| (rng.random::<f64>() - 0.5) * 3.4 * scale + shift)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
+use common::randn;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 /// What one run produced, flattened: the output, each input's gradient, each trainable parameter's
 /// gradient, then every stored value (parameters and running statistics) after the step.

@@ -9,17 +9,11 @@ use fgvc_ops::{
     global_max_pool, max_pool2d, relu, relu6, Activation, BatchNorm, BatchNormConfig, Conv2dConfig,
     ParamStore,
 };
+mod common;
+
+use common::randn;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-fn randn(rng: &mut ChaCha8Rng, shape: &[usize], scale: f64, shift: f64) -> Tensor {
-    let n: usize = shape.iter().product();
-    // Sum of uniforms is plenty for test data; distinct values avoid max-pool ties.
-    let v: Vec<f64> = (0..n)
-        .map(|_| (rng.random::<f64>() - 0.5) * 3.4 * scale + shift)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
 
 /// Checks the gradients of `sum(f(inputs) * g)` against central differences; returns the worst relative error.
 fn gradcheck(seed: u64, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) -> f64 {

@@ -4,12 +4,7 @@
 
 mod methods_support;
 
-use fgvc_train::methods::coarse2fine::{Coarse2FineMethod, Coarse2FineOptions};
-use fgvc_train::methods::dcl::{Dcl, DclOptions};
-use fgvc_train::methods::pmg::{Pmg, PmgOptions};
-use fgvc_train::methods::rmg_pmsi::{RmgPmsi, RmgPmsiOptions};
 use fgvc_train::model::ModelConfig;
-use fgvc_train::Method;
 use methods_support::*;
 
 fn families() -> Vec<ModelConfig> {
@@ -23,18 +18,19 @@ fn families() -> Vec<ModelConfig> {
     ]
 }
 
-fn check(method: &mut dyn Method, size: usize, main: &str, heads: usize) {
-    let b = batch(4, size, 3, 1);
-    let mut opt = sgd(method, 0.001, 0.0, method.default_zero_grad());
-    let stats = train_step(method, &mut *opt, &b, 10, 0);
+fn check(recipe: &TinyRecipe, m: &ModelConfig, seed: u64) {
+    let mut method = (recipe.build)(m, store(seed));
+    let b = batch(4, recipe.size, 3, 1);
+    let mut opt = sgd(&*method, 0.001, 0.0, method.default_zero_grad());
+    let stats = train_step(&mut *method, &mut *opt, &b, 10, 0);
     assert!(
         stats.loss.is_finite() && stats.loss > 0.0,
         "{}: {stats:?}",
         method.name()
     );
     let p = method.predict(&b.images).unwrap();
-    assert_eq!(p.heads.len(), heads, "{}", method.name());
-    assert_eq!(p.heads[0].0, main);
+    assert_eq!(p.heads.len(), recipe.heads, "{}", method.name());
+    assert_eq!(p.heads[0].0, recipe.main);
     for (name, logits) in &p.heads {
         assert_eq!(logits.dims(), &[4, 3], "{} {name}", method.name());
     }
@@ -43,58 +39,15 @@ fn check(method: &mut dyn Method, size: usize, main: &str, heads: usize) {
 #[test]
 fn pmg_and_rmg_pmsi_on_every_family() {
     for m in families() {
-        let o = PmgOptions {
-            feature_size: 8,
-            block_channels: Some(8),
-            ..PmgOptions::default()
-        };
-        check(
-            &mut Pmg::new(&m, o, 3, store(1)).unwrap(),
-            32,
-            "combined",
-            5,
-        );
-        let o = RmgPmsiOptions {
-            feature_size: 8,
-            block_channels: Some(8),
-            ..RmgPmsiOptions::default()
-        };
-        check(
-            &mut RmgPmsi::new(&m, o, 3, store(1)).unwrap(),
-            32,
-            "combined",
-            5,
-        );
+        check(&tiny_recipe("pmg"), &m, 1);
+        check(&tiny_recipe("rmg-pmsi"), &m, 1);
     }
 }
 
 #[test]
 fn dcl_and_coarse2fine_on_every_family() {
     for m in families() {
-        let o = DclOptions {
-            grid: 2,
-            k: 1,
-            ..DclOptions::default()
-        };
-        let normalize = fgvc_augment::transforms::Normalize::IMAGENET;
-        check(
-            &mut Dcl::new(&m, o, 3, store(2), normalize).unwrap(),
-            64,
-            "classifier",
-            2,
-        );
-        let o = Coarse2FineOptions {
-            num_attentions: 4,
-            reduce_channels: 4,
-            hidden_channels: 8,
-            coarse_epochs: 5,
-            ..Coarse2FineOptions::default()
-        };
-        check(
-            &mut Coarse2FineMethod::new(&m, o, 3, store(3)).unwrap(),
-            32,
-            "combined",
-            3,
-        );
+        check(&tiny_recipe("dcl"), &m, 2);
+        check(&tiny_recipe("coarse2fine"), &m, 3);
     }
 }

@@ -6,18 +6,11 @@ mod methods_support;
 
 use candle_core::{DType, Device};
 use fgvc_ops::ParamStore;
-use fgvc_train::methods::coarse2fine::{Coarse2FineMethod, Coarse2FineOptions};
-use fgvc_train::methods::dcl::{Dcl, DclOptions};
-use fgvc_train::methods::pmg::{Pmg, PmgOptions};
-use fgvc_train::methods::rmg_pmsi::{RmgPmsi, RmgPmsiOptions};
 use fgvc_train::model::ModelConfig;
-use fgvc_train::Method;
 use methods_support::*;
 
-type Build = dyn Fn(&ModelConfig, ParamStore) -> Box<dyn Method>;
-
 /// The gradients of every optimiser step of one `train_step`, in f64, in step order.
-fn gradients(m: &ModelConfig, build: &Build, size: usize, composite: bool) -> Log {
+fn gradients(m: &ModelConfig, build: &BuildMethod, size: usize, composite: bool) -> Log {
     let body = || {
         let mut method = build(m, ParamStore::new(4, DType::F64, &Device::Cpu));
         let mut b = batch(4, size, 3, 1);
@@ -37,7 +30,7 @@ fn gradients(m: &ModelConfig, build: &Build, size: usize, composite: bool) -> Lo
     }
 }
 
-fn agree(m: &ModelConfig, size: usize, build: &Build) {
+fn agree(m: &ModelConfig, size: usize, build: &BuildMethod) {
     let (fast, composite) = (
         gradients(m, build, size, false),
         gradients(m, build, size, true),
@@ -86,69 +79,11 @@ fn agree(m: &ModelConfig, size: usize, build: &Build) {
     }
 }
 
-fn families() -> [ModelConfig; 2] {
-    [resnet_tiny(), mobilenet_quarter()]
-}
-
 #[test]
-fn pmg() {
-    let build: &Build = &|m, s| {
-        let o = PmgOptions {
-            feature_size: 8,
-            block_channels: Some(8),
-            ..PmgOptions::default()
-        };
-        Box::new(Pmg::new(m, o, 3, s).unwrap())
-    };
-    for m in families() {
-        agree(&m, 32, build);
-    }
-}
-
-#[test]
-fn rmg_pmsi() {
-    let build: &Build = &|m, s| {
-        let o = RmgPmsiOptions {
-            feature_size: 8,
-            block_channels: Some(8),
-            ..RmgPmsiOptions::default()
-        };
-        Box::new(RmgPmsi::new(m, o, 3, s).unwrap())
-    };
-    for m in families() {
-        agree(&m, 32, build);
-    }
-}
-
-#[test]
-fn dcl() {
-    let build: &Build = &|m, s| {
-        let o = DclOptions {
-            grid: 2,
-            k: 1,
-            ..DclOptions::default()
-        };
-        let normalize = fgvc_augment::transforms::Normalize::IMAGENET;
-        Box::new(Dcl::new(m, o, 3, s, normalize).unwrap())
-    };
-    for m in families() {
-        agree(&m, 64, build);
-    }
-}
-
-#[test]
-fn coarse2fine() {
-    let build: &Build = &|m, s| {
-        let o = Coarse2FineOptions {
-            num_attentions: 4,
-            reduce_channels: 4,
-            hidden_channels: 8,
-            coarse_epochs: 5,
-            ..Coarse2FineOptions::default()
-        };
-        Box::new(Coarse2FineMethod::new(m, o, 3, s).unwrap())
-    };
-    for m in families() {
-        agree(&m, 32, build);
+fn every_recipe_on_resnet_and_mobilenet_v2() {
+    for recipe in tiny_recipes() {
+        for m in [resnet_tiny(), mobilenet_quarter()] {
+            agree(&m, recipe.size, &*recipe.build);
+        }
     }
 }

@@ -224,3 +224,99 @@ pub fn assert_falls(losses: &[f64], ratio: f64) {
         "loss did not fall enough: {losses:?} (first {first:.4}, last {last:.4})"
     );
 }
+
+/// Builds a recipe for a model config into a store.
+pub type BuildMethod = dyn Fn(&ModelConfig, ParamStore) -> Box<dyn Method>;
+
+/// The small recipes the cross-backbone tests run, with the image size each needs (DCL's 2x2 region grid must
+/// divide the deepest map, so it takes 64 px) and its main prediction head and head count.
+pub struct TinyRecipe {
+    /// The recipe's name.
+    pub name: &'static str,
+    /// Image side in pixels.
+    pub size: usize,
+    /// The main prediction's name.
+    pub main: &'static str,
+    /// How many predictions `predict` returns.
+    pub heads: usize,
+    /// The recipe on a model config, 3 classes.
+    pub build: Box<BuildMethod>,
+}
+
+/// PMG, RMG-PMSI, DCL (2x2 regions, k 1) and Coarse2Fine (4 attention maps, stage two from epoch 5), each
+/// with narrow heads.
+pub fn tiny_recipes() -> Vec<TinyRecipe> {
+    use fgvc_train::methods::coarse2fine::{Coarse2FineMethod, Coarse2FineOptions};
+    use fgvc_train::methods::dcl::{Dcl, DclOptions};
+    use fgvc_train::methods::pmg::{Pmg, PmgOptions};
+    use fgvc_train::methods::rmg_pmsi::{RmgPmsi, RmgPmsiOptions};
+    vec![
+        TinyRecipe {
+            name: "pmg",
+            size: 32,
+            main: "combined",
+            heads: 5,
+            build: Box::new(|m, s| {
+                let o = PmgOptions {
+                    feature_size: 8,
+                    block_channels: Some(8),
+                    ..PmgOptions::default()
+                };
+                Box::new(Pmg::new(m, o, 3, s).unwrap())
+            }),
+        },
+        TinyRecipe {
+            name: "rmg-pmsi",
+            size: 32,
+            main: "combined",
+            heads: 5,
+            build: Box::new(|m, s| {
+                let o = RmgPmsiOptions {
+                    feature_size: 8,
+                    block_channels: Some(8),
+                    ..RmgPmsiOptions::default()
+                };
+                Box::new(RmgPmsi::new(m, o, 3, s).unwrap())
+            }),
+        },
+        TinyRecipe {
+            name: "dcl",
+            size: 64,
+            main: "classifier",
+            heads: 2,
+            build: Box::new(|m, s| {
+                let o = DclOptions {
+                    grid: 2,
+                    k: 1,
+                    ..DclOptions::default()
+                };
+                let normalize = fgvc_augment::transforms::Normalize::IMAGENET;
+                Box::new(Dcl::new(m, o, 3, s, normalize).unwrap())
+            }),
+        },
+        TinyRecipe {
+            name: "coarse2fine",
+            size: 32,
+            main: "combined",
+            heads: 3,
+            build: Box::new(|m, s| {
+                let o = Coarse2FineOptions {
+                    num_attentions: 4,
+                    reduce_channels: 4,
+                    hidden_channels: 8,
+                    coarse_epochs: 5,
+                    ..Coarse2FineOptions::default()
+                };
+                Box::new(Coarse2FineMethod::new(m, o, 3, s).unwrap())
+            }),
+        },
+    ]
+}
+
+/// The recipe named `name` from [`tiny_recipes`].
+pub fn tiny_recipe(name: &str) -> TinyRecipe {
+    tiny_recipes()
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no tiny recipe {name}"))
+}
