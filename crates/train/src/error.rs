@@ -51,6 +51,22 @@ pub enum TrainError {
         /// The value (NaN or ±inf).
         value: f64,
     },
+    /// A gradient had a NaN or infinite element while the loss was finite (a 0/0 in a backward pass, or an
+    /// overflow); training stopped before the update, so the weights and the last checkpoint are intact.
+    #[error(
+        "the gradient of {parameter} has a NaN or infinite element at epoch {epoch}, step {step} (the loss \
+         was finite); training stopped before the update and the last good checkpoint is intact. A backward \
+         pass divided by zero (a sqrt or log at 0) or overflowed: lower the learning rate, or check the \
+         method's inputs"
+    )]
+    NonFiniteGradient {
+        /// Epoch (0-based) of the failing step.
+        epoch: usize,
+        /// Global batch step (0-based) of the failing step.
+        step: u64,
+        /// The parameter whose gradient is not finite (the first one found).
+        parameter: String,
+    },
     /// Training stopped on request (a test's injected abort after a number of steps).
     #[error("training stopped on request after {step} steps")]
     Stopped {

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Result, TrainError};
-use crate::optim::{clip_grad_norm, GroupSpec, Optimizer, ZeroGrad};
+use crate::optim::{clip_grad_norm, first_non_finite, GroupSpec, Optimizer, ZeroGrad};
 
 /// What one training step reports.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -222,7 +222,8 @@ impl<'a> StepContext<'a> {
     }
 
     /// Backpropagates `loss` and takes one optimiser step (or accumulates, see [`Accumulator`]). A NaN or
-    /// infinite loss is an error before any weight changes. Returns the loss value.
+    /// infinite loss, or a NaN or infinite gradient, is an error before any weight changes. Returns the loss
+    /// value.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<f64> {
         let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
         if !value.is_finite() {
@@ -252,16 +253,18 @@ impl<'a> StepContext<'a> {
         } else {
             grads
         };
+        if let Some(i) = first_non_finite(&grads)? {
+            let params = self.optimizer.groups().params();
+            return Err(TrainError::NonFiniteGradient {
+                epoch: self.epoch,
+                step: self.step,
+                parameter: params
+                    .get(i)
+                    .map_or_else(|| format!("#{i}"), |p| p.name.clone()),
+            });
+        }
         if let Some(max) = self.clip_grad_norm {
-            let norm = clip_grad_norm(&mut grads, max)?;
-            if !norm.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    epoch: self.epoch,
-                    step: self.step,
-                    value: norm,
-                });
-            }
-            self.grad_norm = Some(norm);
+            self.grad_norm = Some(clip_grad_norm(&mut grads, max)?);
         }
         self.optimizer.step(&grads)?;
         Ok(value)
@@ -306,6 +309,40 @@ mod tests {
             other => panic!("expected a NaN error, got {other:?}"),
         }
         assert_eq!(w.as_tensor().to_vec1::<f32>()?, [-2.0, -4.0]);
+        Ok(())
+    }
+
+    /// `sum(sqrt(w))` at `w = [0, 1]` is finite (1) but its gradient at 0 is infinite: the step is refused
+    /// with the parameter's name, with and without clipping, and the weights stay as they were.
+    #[test]
+    fn a_non_finite_gradient_is_refused_before_the_update() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::new(&[0f32, 1.0], &dev)?;
+        let groups = ParamGroups::single(vec![("head.w".into(), w.clone())], 0.1, 0.0)?;
+        let sgd = SgdConfig {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+        };
+        let mut opt = OptimizerConfig::Sgd(sgd).build(groups, ZeroGrad::SetToNone)?;
+        let mut acc = Accumulator::new(1);
+        for clip in [None, Some(1.0)] {
+            let mut ctx = StepContext::new(&mut *opt, &mut acc, clip, true, 0, 2, 9);
+            let loss = w.as_tensor().sqrt()?.sum_all()?;
+            match ctx.backward_step(&loss) {
+                Err(TrainError::NonFiniteGradient {
+                    epoch: 2,
+                    step: 9,
+                    parameter,
+                }) => assert_eq!(parameter, "head.w"),
+                other => panic!("expected a non-finite gradient error, got {other:?}"),
+            }
+            assert_eq!(w.as_tensor().to_vec1::<f32>()?, [0.0, 1.0]);
+        }
+        // A finite gradient still steps: d/dw sum(w^2) at [0, 1] is [0, 2].
+        let mut ctx = StepContext::new(&mut *opt, &mut acc, None, true, 0, 2, 10);
+        ctx.backward_step(&w.as_tensor().sqr()?.sum_all()?)?;
+        assert_eq!(w.as_tensor().to_vec1::<f32>()?, [0.0, 0.8]);
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! Gradient clipping by global norm.
+//! Gradient clipping by global norm, and the finiteness check every optimiser step runs first.
 
 use candle_core::Tensor;
 
@@ -25,6 +25,23 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
         }
     }
     Ok(norm)
+}
+
+/// The index of the first gradient with a NaN or infinite element, if any. One sum per gradient: a NaN or an
+/// infinity makes the sum non-finite, and finite gradients cannot sum to an infinity at training scales.
+pub fn first_non_finite(grads: &[Option<Tensor>]) -> Result<Option<usize>> {
+    for (i, g) in grads.iter().enumerate() {
+        if let Some(g) = g {
+            let sum = g
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            if !sum.is_finite() {
+                return Ok(Some(i));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

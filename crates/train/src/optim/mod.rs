@@ -5,7 +5,8 @@
 //! * [`ParamGroups`]: groups selected by name with their own learning rate, weight decay and freezing.
 //! * [`ZeroGrad`]: PyTorch ≥ 2.0 `zero_grad()` (parameters without a gradient are skipped) or the
 //!   `set_to_none=False` semantics of PyTorch < 2.0 that PMG and RMG-PMSI were trained with.
-//! * [`clip_grad_norm`]: `torch.nn.utils.clip_grad_norm_` over all gradients.
+//! * [`clip_grad_norm`]: `torch.nn.utils.clip_grad_norm_` over all gradients; [`first_non_finite`] finds a
+//!   NaN or infinite gradient before a step applies it.
 //!
 //! State ([`OptimizerState`]) is keyed by parameter name, never by tensor identity or hash-map order, so a
 //! checkpoint restores into a freshly built model.
@@ -16,7 +17,7 @@ mod groups;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use clip::clip_grad_norm;
+pub use clip::{clip_grad_norm, first_non_finite};
 pub use groups::{matches, Group, GroupSpec, Param, ParamGroups, DEFAULT_GROUP};
 pub use sgd::{Sgd, SgdConfig};
 
