@@ -3,15 +3,15 @@
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Module, Result, Shape, Tensor, Var,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::activation::{per_activation, Activation};
 use crate::conv::Conv2d;
 use crate::conv_cpu::{conv_forward, conv_grads, Geometry};
-use crate::cpu::{contiguous, cpu_tensor, dispatch, fast_path, plane_chunk, simd, written, Elem};
+use crate::cpu::{
+    contiguous, cpu_op, cpu_tensor, dispatch, fast_path, plane_chunk, simd, written, Elem,
+};
 use crate::params::{Init, Params};
 
 /// `eps`, `momentum` and whether the layer has a learnable affine transform.
@@ -528,23 +528,7 @@ impl ConvBnApply {
     }
 }
 
-impl CustomOp3 for ConvBnApply {
-    fn name(&self) -> &'static str {
-        "fgvc-conv-batch-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?))
-    }
-
+cpu_op!(CustomOp3 for ConvBnApply, "fgvc-conv-batch-norm";
     fn bwd(
         &self,
         x: &Tensor,
@@ -560,7 +544,7 @@ impl CustomOp3 for ConvBnApply {
         let (dx, dw) = conv_grads(&self.geom, self.depthwise, x, w, &dz)?;
         Ok((dx, dw, Some(dparams)))
     }
-}
+);
 
 /// Sums over a plane in blocks: `LANES` accumulators in the element type (so that the loop vectorises),
 /// each block's total added in f64 (so that long planes keep their precision).
@@ -642,15 +626,7 @@ impl BnStats {
     }
 }
 
-impl CustomOp1 for BnStats {
-    fn name(&self) -> &'static str {
-        "fgvc-batch-norm-stats"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s, T => self.run::<T>(contiguous(s, l)?))
-    }
-}
+cpu_op!(CustomOp1 for BnStats, "fgvc-batch-norm-stats";);
 
 /// A training batch's per-channel mean and `1/sqrt(var + eps)`, on the host.
 #[derive(Debug, Clone)]
@@ -963,23 +939,7 @@ impl ChannelSums {
     }
 }
 
-impl CustomOp3 for ChannelSums {
-    fn name(&self) -> &'static str {
-        "fgvc-batch-norm-sums"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?))
-    }
-}
+cpu_op!(CustomOp3 for ChannelSums, "fgvc-batch-norm-sums";);
 
 /// Input gradient: (dy, x, y) -> dx = A dz + B (x - centre) + C0 per channel, with `coef` rows A, B, centre,
 /// C0 and dz the masked dy.

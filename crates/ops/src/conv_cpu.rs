@@ -6,13 +6,11 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::conv::Conv2dConfig;
-use crate::cpu::{
-    contiguous, dispatch, matmul, matmul_write, simd, valid_range, written, zeroed, Elem, Mat,
-};
+use crate::cpu::{cpu_op, matmul, matmul_write, simd, valid_range, written, zeroed, Elem, Mat};
 
 /// Every size of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,21 +283,7 @@ impl ConvOp {
     }
 }
 
-impl CustomOp2 for ConvOp {
-    fn name(&self) -> &'static str {
-        "fgvc-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
-    }
-
+cpu_op!(CustomOp2 for ConvOp, "fgvc-conv2d";
     fn bwd(
         &self,
         x: &Tensor,
@@ -309,7 +293,7 @@ impl CustomOp2 for ConvOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         conv_grads(&self.geom, false, x, w, dy)
     }
-}
+);
 
 /// Dense conv input gradient: (dy, weight) -> dx.
 pub(crate) struct ConvGradInput {
@@ -351,21 +335,7 @@ impl ConvGradInput {
     }
 }
 
-impl CustomOp2 for ConvGradInput {
-    fn name(&self) -> &'static str {
-        "fgvc-conv2d-grad-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
-    }
-}
+cpu_op!(CustomOp2 for ConvGradInput, "fgvc-conv2d-grad-input";);
 
 /// Dense conv weight gradient: (x, dy) -> dweight.
 pub(crate) struct ConvGradWeight {
@@ -419,21 +389,7 @@ impl ConvGradWeight {
     }
 }
 
-impl CustomOp2 for ConvGradWeight {
-    fn name(&self) -> &'static str {
-        "fgvc-conv2d-grad-weight"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
-    }
-}
+cpu_op!(CustomOp2 for ConvGradWeight, "fgvc-conv2d-grad-weight";);
 
 /// Depthwise conv forward: (x, weight (C, 1, kH, kW)) -> y.
 pub(crate) struct DepthwiseOp {
@@ -488,21 +444,7 @@ impl DepthwiseOp {
     }
 }
 
-impl CustomOp2 for DepthwiseOp {
-    fn name(&self) -> &'static str {
-        "fgvc-depthwise-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
-    }
-
+cpu_op!(CustomOp2 for DepthwiseOp, "fgvc-depthwise-conv2d";
     fn bwd(
         &self,
         x: &Tensor,
@@ -512,7 +454,7 @@ impl CustomOp2 for DepthwiseOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         conv_grads(&self.geom, true, x, w, dy)
     }
-}
+);
 
 /// Depthwise conv input gradient: (dy, weight) -> dx.
 struct DepthwiseGradInput {
@@ -566,21 +508,7 @@ impl DepthwiseGradInput {
     }
 }
 
-impl CustomOp2 for DepthwiseGradInput {
-    fn name(&self) -> &'static str {
-        "fgvc-depthwise-conv2d-grad-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
-    }
-}
+cpu_op!(CustomOp2 for DepthwiseGradInput, "fgvc-depthwise-conv2d-grad-input";);
 
 /// Depthwise conv weight gradient: (x, dy) -> dweight (C, 1, kH, kW).
 struct DepthwiseGradWeight {
@@ -647,18 +575,4 @@ impl DepthwiseGradWeight {
     }
 }
 
-impl CustomOp2 for DepthwiseGradWeight {
-    fn name(&self) -> &'static str {
-        "fgvc-depthwise-conv2d-grad-weight"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(self.name(), s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
-    }
-}
+cpu_op!(CustomOp2 for DepthwiseGradWeight, "fgvc-depthwise-conv2d-grad-weight";);

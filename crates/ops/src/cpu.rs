@@ -161,6 +161,76 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// `impl CustomOp1/2/3 for $op` whose CPU forward hands the contiguous inputs, as f32 or f64 slices, to
+/// `$op::run::<T>` (which returns the output storage and shape). The trait's other items (`bwd`) follow the
+/// name. Every kernel op has this forward; only the kernel and the backward differ.
+macro_rules! cpu_op {
+    (CustomOp1 for $op:ty, $name:literal; $($rest:tt)*) => {
+        impl candle_core::CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s: &candle_core::CpuStorage,
+                l: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                $crate::cpu::dispatch!($name, s, T => self.run::<T>($crate::cpu::contiguous(s, l)?))
+            }
+
+            $($rest)*
+        }
+    };
+    (CustomOp2 for $op:ty, $name:literal; $($rest:tt)*) => {
+        impl candle_core::CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &candle_core::CpuStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CpuStorage,
+                l2: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                use $crate::cpu::contiguous;
+                $crate::cpu::dispatch!($name, s1, T => self.run::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?))
+            }
+
+            $($rest)*
+        }
+    };
+    (CustomOp3 for $op:ty, $name:literal; $($rest:tt)*) => {
+        impl candle_core::CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &candle_core::CpuStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CpuStorage,
+                l2: &candle_core::Layout,
+                s3: &candle_core::CpuStorage,
+                l3: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                use $crate::cpu::contiguous;
+                $crate::cpu::dispatch!($name, s1, T => self.run::<T>(
+                    contiguous(s1, l1)?,
+                    contiguous(s2, l2)?,
+                    contiguous(s3, l3)?,
+                ))
+            }
+
+            $($rest)*
+        }
+    };
+}
+pub(crate) use cpu_op;
+
 /// A row-major matrix operand: pointer plus row and column strides in elements.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<T> {
