@@ -158,14 +158,14 @@ pub struct TrainCubArgs {
     /// Train this many epochs instead of the reproduction's (the result is then not comparable).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Where datasets live: CUB at <DIR>/CUB_200_2011, downloaded there if missing (default: data in the
+    /// Where datasets live: CUB at DIR/CUB_200_2011, downloaded there if missing (default: data in the
     /// workspace).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Where the torchvision weights live as <backbone>.safetensors (default: data/weights in the workspace).
+    /// Where the torchvision weights live as BACKBONE.safetensors (default: data/weights in the workspace).
     #[arg(long, value_name = "DIR")]
     pub weights_dir: Option<PathBuf>,
-    /// The run directory (default: runs/train-cub-<method>-<backbone> in the workspace).
+    /// The run directory (default: runs/train-cub-METHOD-BACKBONE in the workspace).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Override a configuration key, passed on to `fgvc train` (repeatable), e.g. `--set data.batch_size=8`.

@@ -54,7 +54,7 @@ pub struct TrainArgs {
     /// Device to train on.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
-    /// Run directory (default: runs/<config name>).
+    /// Run directory (default: runs/NAME, NAME being the config file's stem).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Never draw progress bars (they are hidden anyway when stderr is not a terminal).
