@@ -27,27 +27,41 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
     Ok(norm)
 }
 
-/// The index of the first gradient with a NaN or infinite element, if any. One sum per gradient: a NaN or an
-/// infinity makes the sum non-finite, and finite gradients cannot sum to an infinity at training scales.
+/// The index of the first gradient with a NaN or infinite element, if any. One sum per gradient (a NaN or an
+/// infinity makes the sum non-finite; finite gradients cannot sum to an infinity at training scales), summed
+/// on the device in f32 (Metal has no f64) and read back in one transfer, not one per gradient.
 pub fn first_non_finite(grads: &[Option<Tensor>]) -> Result<Option<usize>> {
+    let mut index = Vec::new();
+    let mut sums = Vec::new();
     for (i, g) in grads.iter().enumerate() {
         if let Some(g) = g {
-            let sum = g
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-            if !sum.is_finite() {
-                return Ok(Some(i));
-            }
+            index.push(i);
+            sums.push(g.sum_all()?.to_dtype(candle_core::DType::F32)?);
         }
     }
-    Ok(None)
+    if sums.is_empty() {
+        return Ok(None);
+    }
+    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
+    Ok(sums.iter().position(|s| !s.is_finite()).map(|k| index[k]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn finds_the_first_non_finite_gradient_past_missing_ones() -> Result<()> {
+        let dev = Device::Cpu;
+        let t = |v: &[f32]| Some(Tensor::new(v, &dev).unwrap());
+        assert_eq!(first_non_finite(&[None, t(&[1.0, -2.0])])?, None);
+        assert_eq!(first_non_finite(&[None, None])?, None);
+        let grads = [t(&[1.0]), None, t(&[0.0, f32::NAN]), t(&[f32::INFINITY])];
+        assert_eq!(first_non_finite(&grads)?, Some(2));
+        assert_eq!(first_non_finite(&grads[3..])?, Some(0));
+        Ok(())
+    }
 
     #[test]
     fn clips_to_the_global_norm_and_leaves_small_gradients() -> Result<()> {
