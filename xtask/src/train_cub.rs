@@ -587,7 +587,7 @@ impl Plan {
             .unwrap_or(&text);
         let config = Config::parse(source, &origin, &overrides)
             .with_context(|| format!("{origin} with the overrides {overrides:?}"))?;
-        fgvc_train::methods::check_options(&config)
+        fgvc_train::registry::check(&config)
             .with_context(|| format!("{origin} for {}", backbone.name()))?;
         Ok(Plan {
             root: root.to_path_buf(),

@@ -9,7 +9,7 @@ use fgvc_data::{decode_image, Split};
 use fgvc_train::checkpoint;
 use fgvc_train::data::{eval_loader, open_split};
 use fgvc_train::eval::evaluate;
-use fgvc_train::recipe::build_method;
+use fgvc_train::registry::build_method;
 use fgvc_train::{Config, Method, TrainOptions, Trainer};
 use rand::SeedableRng;
 

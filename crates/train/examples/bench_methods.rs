@@ -1,5 +1,5 @@
 //! Time one full training step of a method: everything its `train_step` does for one batch, built through the
-//! same public API the trainer uses (`recipe::build_method` from a [`Config`], the optimiser from the
+//! same public API the trainer uses (`registry::build_method` from a [`Config`], the optimiser from the
 //! method's default groups and `zero_grad`, a [`StepContext`]).
 //!
 //! ```sh
@@ -7,9 +7,8 @@
 //! #                                                            method backbone size batch iters
 //! ```
 //!
-//! * The configuration is the method's reproduction file (`configs/pmg-resnet50-cub.toml`,
-//!   `dcl-resnet50-cub.toml`, `rmg-pmsi-mobilenet_v2-cub.toml`, `coarse2fine-resnet50-cub.toml`,
-//!   `baseline-resnet50-cub.toml`), so the official options and optimiser groups apply (PMG granularities 8/4/2 and four
+//! * The configuration is the method's CUB preset in the registry (`configs/pmg-resnet50-cub.toml`, ...),
+//!   so the official options and optimiser groups apply (PMG granularities 8/4/2 and four
 //!   steps, DCL's 7x7 grid and three losses on 2B interleaved images, RMG-PMSI mosaic levels 3/2/1 with the
 //!   stride-1 MobileNetV2 stem, Coarse2Fine's coarse + zoom + fine passes), with no pretrained weights
 //!   (random initialisation), `num_classes` 200, the given backbone and batch size.
@@ -23,44 +22,17 @@
 //! its own; `benches/methods_torch.py` prints the same fields for the official PyTorch step.
 //! The CPU thread count is candle's (`RAYON_NUM_THREADS`, default: all cores).
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use fgvc_data::Batch;
 use fgvc_train::method::{Accumulator, StepContext};
-use fgvc_train::recipe::{build_method, build_optimizer};
+use fgvc_train::optim::build_optimizer;
+use fgvc_train::registry::{self, build_method};
 use fgvc_train::Config;
 use rand::{Rng, SeedableRng};
-
-/// The reproduction configuration of each method: `(method, file name, text)`.
-const CONFIGS: &[(&str, &str, &str)] = &[
-    (
-        "pmg",
-        "configs/pmg-resnet50-cub.toml",
-        include_str!("../../../configs/pmg-resnet50-cub.toml"),
-    ),
-    (
-        "dcl",
-        "configs/dcl-resnet50-cub.toml",
-        include_str!("../../../configs/dcl-resnet50-cub.toml"),
-    ),
-    (
-        "rmg-pmsi",
-        "configs/rmg-pmsi-mobilenet_v2-cub.toml",
-        include_str!("../../../configs/rmg-pmsi-mobilenet_v2-cub.toml"),
-    ),
-    (
-        "coarse2fine",
-        "configs/coarse2fine-resnet50-cub.toml",
-        include_str!("../../../configs/coarse2fine-resnet50-cub.toml"),
-    ),
-    (
-        "baseline",
-        "configs/baseline-resnet50-cub.toml",
-        include_str!("../../../configs/baseline-resnet50-cub.toml"),
-    ),
-];
 
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -81,18 +53,17 @@ fn median(xs: &[f64]) -> f64 {
 
 /// The method's reproduction configuration for `backbone`, `size` and `batch`, without pretrained weights.
 fn config_for(method: &str, backbone: &str, size: usize, batch: usize) -> Result<Config> {
-    let (_, origin, text) = CONFIGS
-        .iter()
-        .find(|(m, ..)| *m == method)
-        .with_context(|| {
-            let known: Vec<_> = CONFIGS.iter().map(|(m, ..)| *m).collect();
-            format!("unknown method {method:?} (known: {})", known.join(", "))
-        })?;
+    let spec = registry::lookup(method)?;
+    let preset = spec
+        .presets
+        .cub
+        .with_context(|| format!("{method} ships no CUB configuration"))?;
     let overrides = [
         format!("data.batch_size={batch}"),
         format!("data.crop={size}"),
     ];
-    let mut config = Config::parse(text, origin, &overrides)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut config = preset.load(&root, &overrides)?;
     config.model.pretrained = None;
     if config.model.backbone != backbone {
         // Widths tied to the file's backbone fall back to the official rule (half the deepest stage), and

@@ -51,13 +51,19 @@ pub fn open_split(config: &Config, split: Split) -> Result<Arc<dyn Dataset>> {
         ..OpenOptions::default()
     };
     open(kind, &root, split, &options).map_err(|e| match e {
-        fgvc_data::DataError::NotADataset { .. } | fgvc_data::DataError::Io { .. } => TrainError::Msg(format!(
-            "{e}\nThe {} dataset is not at {}: download it with `cargo xtask download {}` (see data/README.md) or \
-             point data.root at it",
-            data.dataset,
-            root.display(),
-            kind.as_str()
-        )),
+        fgvc_data::DataError::NotADataset { .. } | fgvc_data::DataError::Io { .. } => {
+            TrainError::Config {
+                origin: "configuration".into(),
+                key: "data.root".into(),
+                message: format!(
+                "{e}\nThe {} dataset is not at {}: download it with `cargo xtask download {}` (see \
+                 data/README.md) or point data.root at it",
+                data.dataset,
+                root.display(),
+                kind.as_str()
+            ),
+            }
+        }
         other => other.into(),
     })
 }

@@ -5,9 +5,11 @@
 //! * [`optim`]: PyTorch-exact [`Sgd`](optim::Sgd) and [`AdamW`](optim::AdamW) with parameter groups selected
 //!   by name, PyTorch < 2.0 `zero_grad` semantics, gradient clipping; state saved by parameter name.
 //! * [`schedule`]: cosine (per epoch or iteration), step decay, constant, linear warm-up.
-//! * [`Method`]: a training recipe's `train_step` (one or several optimiser steps per batch through a
+//! * [`Method`]: a training method's `train_step` (one or several optimiser steps per batch through a
 //!   [`StepContext`], which also accumulates gradients and refuses NaN losses) and `predict` (named logits);
-//!   [`Baseline`](baseline::Baseline) is plain fine-tuning.
+//!   [`Baseline`](methods::baseline::Baseline) is plain fine-tuning.
+//! * [`registry`]: the one table of methods (name, options type, check, build, presets) that configurations,
+//!   the trainer, the CLI and xtask read; [`registry::register`] adds one from outside this crate.
 //! * [`eval`]: top-1, top-5, per-class and mean per-class accuracy, confusion matrices, for every named
 //!   prediction.
 //! * [`Trainer`]: epochs, schedule, model selection on a validation split (or, flagged, the papers'
@@ -28,7 +30,6 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod baseline;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -40,7 +41,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
-pub mod recipe;
+pub mod registry;
 pub mod run_dir;
 pub mod schedule;
 pub mod trainer;

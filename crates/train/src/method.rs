@@ -1,4 +1,4 @@
-//! The [`Method`] trait every training recipe implements, and the [`StepContext`] through which a method
+//! The [`Method`] trait every training method implements, and the [`StepContext`] through which a method
 //! takes optimiser steps.
 //!
 //! A method owns its model (a [`ParamStore`] and the layers built from it). The trainer hands it one batch
@@ -57,7 +57,7 @@ impl Predictions {
     }
 }
 
-/// A training recipe: the model, how it trains on a batch and how it predicts.
+/// A training method: the model, how it trains on a batch and how it predicts.
 pub trait Method {
     /// Short name (`baseline`, `pmg`).
     fn name(&self) -> &str;
@@ -65,20 +65,20 @@ pub trait Method {
     /// The model's parameters and buffers (saved in checkpoints, optimised by name).
     fn store(&self) -> &ParamStore;
 
-    /// Trains on one batch, taking as many optimiser steps through `ctx` as the recipe says.
+    /// Trains on one batch, taking as many optimiser steps through `ctx` as the method says.
     fn train_step(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<StepStats>;
 
     /// Evaluation-mode predictions for `images` `[N, 3, H, W]`.
     fn predict(&self, images: &Tensor) -> Result<Predictions>;
 
-    /// The parameter groups the recipe trains with by default, given the base learning rate (every
-    /// published recipe trains its new layers at 10x the backbone's rate). A configuration's
+    /// The parameter groups the method trains with by default, given the base learning rate (every
+    /// published method trains its new layers at 10x the backbone's rate). A configuration's
     /// `[[optim.groups]]` replace them.
     fn default_groups(&self, _base_lr: f64) -> Vec<GroupSpec> {
         Vec::new()
     }
 
-    /// The `zero_grad` semantics the recipe's official code had (PyTorch < 2.0 for PMG and RMG-PMSI).
+    /// The `zero_grad` semantics the method's official code had (PyTorch < 2.0 for PMG and RMG-PMSI).
     fn default_zero_grad(&self) -> ZeroGrad {
         ZeroGrad::SetToNone
     }

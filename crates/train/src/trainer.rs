@@ -15,9 +15,10 @@ use crate::error::{Result, TrainError};
 use crate::eval::{evaluate, EvalReport};
 use crate::method::{Accumulator, Method, StepContext};
 use crate::metrics::{MetricsLog, Record};
+use crate::optim::build_optimizer;
 use crate::optim::Optimizer;
 use crate::plot::run_charts;
-use crate::recipe::{build_method, build_optimizer};
+use crate::registry::build_method;
 use crate::run_dir::{atomic_write, RunDir};
 use crate::schedule::Schedule;
 
@@ -91,7 +92,7 @@ impl Trainer {
         Self::with_method(config, method, splits, run_dir, device, options)
     }
 
-    /// [`Trainer::new`] with a method built by the caller (a custom recipe, or a test's instrumented one)
+    /// [`Trainer::new`] with a method built by the caller (a custom method, or a test's instrumented one)
     /// and the splits already open.
     pub fn with_method(
         config: Config,

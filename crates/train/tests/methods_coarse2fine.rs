@@ -1,4 +1,4 @@
-//! Coarse2Fine recipe: stage one trains the attention alone, stage two's fine loss reaches the attention
+//! Coarse2Fine method: stage one trains the attention alone, stage two's fine loss reaches the attention
 //! through the inverse mapping and the zoom, the prediction averages both passes, and training lowers the
 //! loss in both stages.
 

@@ -1,6 +1,6 @@
-//! Every recipe's training step through the composite candle ops that run on CUDA and Metal
+//! Every method's training step through the composite candle ops that run on CUDA and Metal
 //! ([`fgvc_ops::with_composite_ops`]) against the CPU kernels, in f64: the gradients each optimiser step
-//! receives agree, so a recipe trains the same on a GPU as on the CPU.
+//! receives agree, so a method trains the same on a GPU as on the CPU.
 
 mod methods_support;
 
@@ -15,7 +15,7 @@ fn gradients(m: &ModelConfig, build: &BuildMethod, size: usize, composite: bool)
         let mut method = build(m, ParamStore::new(4, DType::F64, &Device::Cpu));
         let mut b = batch(4, size, 3, 1);
         b.images = b.images.to_dtype(DType::F64).unwrap();
-        // Learning rate 0: every optimiser step of the recipe sees the same parameters on both paths. With
+        // Learning rate 0: every optimiser step of the method sees the same parameters on both paths. With
         // updates, rounding-level differences flip max-pool and ReLU decisions in later steps and the
         // gradients part for reasons that have nothing to do with the ops.
         let (mut opt, log) = recording_sgd(&*method, 0.0, 0.0, method.default_zero_grad());
@@ -80,10 +80,10 @@ fn agree(m: &ModelConfig, size: usize, build: &BuildMethod) {
 }
 
 #[test]
-fn every_recipe_on_resnet_and_mobilenet_v2() {
-    for recipe in tiny_recipes() {
+fn every_method_on_resnet_and_mobilenet_v2() {
+    for method in tiny_methods() {
         for m in [resnet_tiny(), mobilenet_quarter()] {
-            agree(&m, recipe.size, &*recipe.build);
+            agree(&m, method.size, &*method.build);
         }
     }
 }

@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use fgvc_train::methods::check_options;
-use fgvc_train::recipe::build_method;
+use fgvc_train::registry::{self, build_method, check as check_options};
 use fgvc_train::Config;
 
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 fn configs() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let dir = repo_root().join("configs");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -22,12 +25,26 @@ fn configs() -> Vec<PathBuf> {
 #[test]
 fn every_config_parses_and_checks() {
     let files = configs();
-    for method in ["pmg", "dcl", "rmg-pmsi", "coarse2fine"] {
+    // Every method of the registry ships a CUB and a synthetic preset that name it.
+    for spec in registry::BUILTIN {
+        let presets = [spec.presets.cub, spec.presets.synthetic];
+        for preset in presets
+            .iter()
+            .map(|p| p.expect("a built-in method ships its presets"))
+        {
+            let config = preset
+                .load(&repo_root(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", preset.file()));
+            assert_eq!(config.method.name, spec.name, "{}", preset.file());
+            assert!(files.contains(&repo_root().join(preset.file())));
+        }
         assert!(
-            files
+            spec.presets
+                .published
                 .iter()
-                .any(|f| f.file_stem().unwrap().to_str().unwrap() == format!("{method}-synthetic")),
-            "configs/{method}-synthetic.toml is missing"
+                .any(|p| p.backbone == spec.presets.paper_backbone),
+            "{}: the paper's backbone has no published row",
+            spec.name
         );
     }
     for file in &files {

@@ -1,4 +1,4 @@
-//! DCL recipe: the official interleaved batch and its targets, the official and paper location targets,
+//! DCL method: the official interleaved batch and its targets, the official and paper location targets,
 //! both predictions, and that training lowers the loss.
 
 mod methods_support;

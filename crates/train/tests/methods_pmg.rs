@@ -1,4 +1,4 @@
-//! PMG recipe: the four steps route gradients as the official code does, the optimiser semantics of
+//! PMG method: the four steps route gradients as the official code does, the optimiser semantics of
 //! PyTorch < 2.0, the combined prediction, and that training lowers the loss.
 
 mod methods_support;

@@ -1,4 +1,4 @@
-//! RMG-PMSI recipe: the stride-1 MobileNetV2 stem, the frozen backbone of the first epochs, the mosaic
+//! RMG-PMSI method: the stride-1 MobileNetV2 stem, the frozen backbone of the first epochs, the mosaic
 //! steps, the combined prediction, and that training lowers the loss.
 
 mod methods_support;

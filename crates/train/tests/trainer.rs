@@ -8,7 +8,7 @@ use fgvc_data::Batch;
 use fgvc_ops::ParamStore;
 use fgvc_train::checkpoint;
 use fgvc_train::data::open_splits;
-use fgvc_train::recipe::build_method;
+use fgvc_train::registry::build_method;
 use fgvc_train::{
     Config, Method, Predictions, StepContext, StepStats, TrainError, TrainOptions, Trainer,
 };

@@ -1,5 +1,5 @@
 //! Coarse2Fine (Eshratifar et al., arXiv 1909.02680) as fgvc designs it (no official code is public; see
-//! `docs/heads.md` for the head and `docs/methods.md` for the recipe).
+//! `docs/heads.md` for the head and `docs/methods.md` for the method).
 //!
 //! * **Stage one (coarse)**, epochs `0..coarse_epochs`: the WS-DAN-style attention on the deepest stage of
 //!   the raw images, trained with `CE(coarse)`. The inverse mapping receives no gradient.
@@ -20,13 +20,33 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     backbone_and_head_groups, build_backbone, check_non_negative, count_correct, option_error,
-    parse_options, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
+    reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
 };
 use crate::config::Config;
 use crate::error::Result;
 use crate::method::{Method, Predictions, StepContext, StepStats};
 use crate::model::ModelConfig;
 use crate::optim::GroupSpec;
+use crate::registry::spec::{MethodDef, MethodSpec, Preset, Presets, Published};
+
+/// The name in `[method] name`.
+pub const NAME: &str = "coarse2fine";
+
+/// The registry's entry.
+pub const SPEC: MethodSpec = MethodSpec::of::<Coarse2FineMethod>(
+    "Coarse2Fine (Eshratifar et al., arXiv 1909.02680), on WS-DAN's setup",
+    Presets {
+        cub: Some(Preset("configs/coarse2fine-resnet50-cub.toml")),
+        synthetic: Some(Preset("configs/coarse2fine-synthetic.toml")),
+        paper_backbone: "resnet50",
+        published: &[Published {
+            backbone: "resnet50",
+            top1: None,
+            source: "not recovered (no code, no full text; for orientation WS-DAN reports 89.4 with Inception-v3)",
+        }],
+        bench_backbones: &["resnet50"],
+    },
+);
 
 /// `[method.options]` of `coarse2fine`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,7 +111,7 @@ impl Coarse2FineOptions {
     }
 }
 
-/// The Coarse2Fine recipe: a backbone, the [`Coarse2Fine`] head on its deepest stage, and the two stages.
+/// The Coarse2Fine method: a backbone, the [`Coarse2Fine`] head on its deepest stage, and the two stages.
 pub struct Coarse2FineMethod {
     store: ParamStore,
     backbone: Box<dyn Backbone>,
@@ -100,20 +120,6 @@ pub struct Coarse2FineMethod {
 }
 
 impl Coarse2FineMethod {
-    /// The recipe of a run configuration (`[model]`, `[method.options]`).
-    pub fn from_config(config: &Config, num_classes: usize, store: ParamStore) -> Result<Self> {
-        reject_model_head_lr_mult(&config.model, "coarse2fine")?;
-        let options: Coarse2FineOptions = parse_options(config)?;
-        if options.coarse_epochs >= config.train.epochs {
-            tracing::warn!(
-                "coarse2fine: coarse_epochs = {} >= train.epochs = {}: stage two (fine) never runs",
-                options.coarse_epochs,
-                config.train.epochs
-            );
-        }
-        Self::new(&config.model, options, num_classes, store)
-    }
-
     /// The model of `model` with `options` and a `num_classes`-way output, parameters drawn from `store`.
     pub fn new(
         model: &ModelConfig,
@@ -201,9 +207,35 @@ fn scalar(t: &Tensor) -> Result<f64> {
     ))
 }
 
+impl MethodDef for Coarse2FineMethod {
+    const NAME: &'static str = NAME;
+    type Options = Coarse2FineOptions;
+
+    fn check(options: &Coarse2FineOptions, config: &Config) -> Result<()> {
+        reject_model_head_lr_mult(&config.model, NAME)?;
+        options.validate()
+    }
+
+    fn build(
+        config: &Config,
+        options: Coarse2FineOptions,
+        num_classes: usize,
+        store: ParamStore,
+    ) -> Result<Self> {
+        if options.coarse_epochs >= config.train.epochs {
+            tracing::warn!(
+                "coarse2fine: coarse_epochs = {} >= train.epochs = {}: stage two (fine) never runs",
+                options.coarse_epochs,
+                config.train.epochs
+            );
+        }
+        Self::new(&config.model, options, num_classes, store)
+    }
+}
+
 impl Method for Coarse2FineMethod {
     fn name(&self) -> &str {
-        "coarse2fine"
+        NAME
     }
 
     fn store(&self) -> &ParamStore {

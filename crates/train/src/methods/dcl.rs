@@ -31,13 +31,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
-    option_error, parse_options, reject_model_head_lr_mult, HEAD_PREFIX,
+    option_error, reject_model_head_lr_mult, HEAD_PREFIX,
 };
 use crate::config::Config;
 use crate::error::Result;
 use crate::method::{Method, Predictions, StepContext, StepStats};
 use crate::model::ModelConfig;
 use crate::optim::{GroupSpec, ZeroGrad};
+use crate::registry::spec::{MethodDef, MethodSpec, Preset, Presets, Published};
 
 /// The discriminator's output space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -81,6 +82,32 @@ pub enum DclPrediction {
     /// The official `eval_turn`: classifier plus both halves of the `cls_mul` discriminator.
     Official,
 }
+
+/// The name in `[method] name`.
+pub const NAME: &str = "dcl";
+
+/// The registry's entry.
+pub const SPEC: MethodSpec = MethodSpec::of::<Dcl>(
+    "Destruction and Construction Learning (Chen et al., CVPR 2019)",
+    Presets {
+        cub: Some(Preset("configs/dcl-resnet50-cub.toml")),
+        synthetic: Some(Preset("configs/dcl-synthetic.toml")),
+        paper_backbone: "resnet50",
+        published: &[
+            Published {
+                backbone: "resnet50",
+                top1: Some(87.8),
+                source: "DCL V0.0 README (issue #65), classifier alone; reproductions in the issues: 86.69-87.57",
+            },
+            Published {
+                backbone: "vgg16",
+                top1: Some(86.9),
+                source: "DCL paper (CVPR 2019) as recalled, not checked against the PDF",
+            },
+        ],
+        bench_backbones: &["resnet50", "mobilenet_v2"],
+    },
+);
 
 /// `[method.options]` of `dcl`; defaults are the official code's CUB run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,7 +210,7 @@ pub struct DclBatch {
     pub permutations: Vec<Permutation>,
 }
 
-/// The DCL recipe: a backbone, [`DclHead`] on its deepest stage, region confusion and the joint loss.
+/// The DCL method: a backbone, [`DclHead`] on its deepest stage, region confusion and the joint loss.
 pub struct Dcl {
     store: ParamStore,
     backbone: Box<dyn Backbone>,
@@ -194,15 +221,6 @@ pub struct Dcl {
 }
 
 impl Dcl {
-    /// The recipe of a run configuration (`[model]`, `[method.options]`; the training pipeline's
-    /// normalisation is undone for the official brightness-matching law).
-    pub fn from_config(config: &Config, num_classes: usize, store: ParamStore) -> Result<Self> {
-        reject_model_head_lr_mult(&config.model, "dcl")?;
-        let options: DclOptions = parse_options(config)?;
-        let normalize = config.data.pipelines()?.0.normalize;
-        Self::new(&config.model, options, num_classes, store, normalize)
-    }
-
     /// The model of `model` with `options` and a `num_classes`-way output, parameters drawn from `store`.
     /// `normalize` is the normalisation of the training images (undone to match brightness as the code
     /// does on PIL images).
@@ -379,9 +397,29 @@ fn even_rows(x: &Tensor, device: &Device) -> Result<Tensor> {
     Ok(x.index_select(&Tensor::from_vec(idx, len, device)?, 0)?)
 }
 
+impl MethodDef for Dcl {
+    const NAME: &'static str = NAME;
+    type Options = DclOptions;
+
+    fn check(options: &DclOptions, config: &Config) -> Result<()> {
+        reject_model_head_lr_mult(&config.model, NAME)?;
+        options.validate()
+    }
+
+    fn build(
+        config: &Config,
+        options: DclOptions,
+        num_classes: usize,
+        store: ParamStore,
+    ) -> Result<Self> {
+        let normalize = config.data.pipelines()?.0.normalize;
+        Self::new(&config.model, options, num_classes, store, normalize)
+    }
+}
+
 impl Method for Dcl {
     fn name(&self) -> &str {
-        "dcl"
+        NAME
     }
 
     fn store(&self) -> &ParamStore {

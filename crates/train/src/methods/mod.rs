@@ -1,8 +1,9 @@
-//! The fine-grained recipes: [`pmg`] (PMG), [`dcl`] (DCL), [`rmg_pmsi`] (RMG-PMSI) and [`coarse2fine`]
-//! (Coarse2Fine), each a [`Method`](crate::Method) built from a run configuration by
-//! [`crate::recipe::build_method`].
+//! The training methods: [`baseline`] (plain fine-tuning) and the fine-grained ones, [`pmg`] (PMG),
+//! [`dcl`] (DCL), [`rmg_pmsi`] (RMG-PMSI) and [`coarse2fine`] (Coarse2Fine). Each is a [`Method`](crate::Method)
+//! with a [`MethodDef`](crate::registry::MethodDef) (its options type, check and build) and one
+//! [`SPEC`](pmg::SPEC) entry in the [registry](crate::registry), which builds it from a run configuration.
 //!
-//! Every recipe follows its official code by default (batch layout, loss weights, optimiser groups,
+//! Every method follows its official code by default (batch layout, loss weights, optimiser groups,
 //! `zero_grad` semantics) and exposes the paper's variant as a named option where the two differ. The
 //! options live in `[method.options]` and are checked strictly: an unknown key is an error.
 //!
@@ -18,8 +19,9 @@
 //! * The new layers train at `head_lr_mult` (official: 10) times `optim.lr`, which is the backbone's rate
 //!   ([`backbone_and_head_groups`]).
 //! * The backbone comes from `[model]` ([`crate::model::build_backbone`]), including MobileNetV2's
-//!   `width_mult` and `first_stride`, so a recipe and the baseline train the same network.
+//!   `width_mult` and `first_stride`, so every method trains the same network.
 
+pub mod baseline;
 pub mod coarse2fine;
 pub mod dcl;
 pub mod pmg;
@@ -27,61 +29,16 @@ pub mod rmg_pmsi;
 
 use candle_core::{DType, Tensor, D};
 use fgvc_ops::ParamStore;
-use serde::de::DeserializeOwned;
 
-use crate::config::Config;
 use crate::error::{Result, TrainError};
 pub(crate) use crate::model::build_backbone;
 use crate::model::ModelConfig;
 use crate::optim::GroupSpec;
 
-/// Prefix of every parameter a recipe adds on top of the backbone.
+/// Prefix of every parameter a method adds on top of the backbone.
 pub const HEAD_PREFIX: &str = "heads";
 
-/// Parses `config.method.options` as the options `T` of the method, naming the offending key on error.
-pub(crate) fn parse_options<T: DeserializeOwned>(config: &Config) -> Result<T> {
-    let value = toml::Value::Table(config.method.options.clone());
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        TrainError::Config {
-            origin: format!("[method.options] of {:?}", config.method.name),
-            key: if path == "." || path.is_empty() {
-                "method.options".into()
-            } else {
-                format!("method.options.{path}")
-            },
-            message: e.inner().to_string(),
-        }
-    })
-}
-
-/// Checks `config.method.options` against the options of `config.method.name` without building the model
-/// (the configuration test runs it on every file in `configs/`).
-pub fn check_options(config: &Config) -> Result<()> {
-    match config.method.name.as_str() {
-        "baseline" => {
-            if config.method.options.is_empty() {
-                Ok(())
-            } else {
-                Err(TrainError::Config {
-                    origin: "[method.options]".into(),
-                    key: "method.options".into(),
-                    message: "the baseline takes no method options".into(),
-                })
-            }
-        }
-        "pmg" => parse_options::<pmg::PmgOptions>(config)?.validate(),
-        "dcl" => parse_options::<dcl::DclOptions>(config)?.validate(),
-        "rmg-pmsi" => parse_options::<rmg_pmsi::RmgPmsiOptions>(config)?.validate(),
-        "coarse2fine" => parse_options::<coarse2fine::Coarse2FineOptions>(config)?.validate(),
-        other => Err(TrainError::Msg(format!(
-            "method.name: unknown method {other:?} (known: {})",
-            crate::recipe::METHODS.join(", ")
-        ))),
-    }
-}
-
-/// Refuses `model.head_lr_mult` for the recipes, whose rate ratio is `method.options.head_lr_mult` (with
+/// Refuses `model.head_lr_mult` for the fine-grained methods, whose rate ratio is `method.options.head_lr_mult` (with
 /// the official default), so that one setting cannot silently override the other.
 pub(crate) fn reject_model_head_lr_mult(model: &ModelConfig, method: &str) -> Result<()> {
     if model.head_lr_mult != 1.0 {
@@ -104,7 +61,7 @@ pub(crate) fn reject_model_head_lr_mult(model: &ModelConfig, method: &str) -> Re
     Ok(())
 }
 
-/// The default parameter groups of a recipe: `heads` (everything under [`HEAD_PREFIX`]) at
+/// The default parameter groups of a fine-grained method: `heads` (everything under [`HEAD_PREFIX`]) at
 /// `base_lr * head_lr_mult`, and `backbone` (every other parameter, selected by its top-level module name)
 /// at `base_lr`, frozen for the first `backbone_freeze_epochs` epochs.
 pub fn backbone_and_head_groups(

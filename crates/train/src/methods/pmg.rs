@@ -29,13 +29,40 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
-    option_error, parse_options, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
+    option_error, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
 };
 use crate::config::Config;
 use crate::error::Result;
 use crate::method::{Method, Predictions, StepContext, StepStats};
 use crate::model::ModelConfig;
 use crate::optim::{GroupSpec, ZeroGrad};
+use crate::registry::spec::{MethodDef, MethodSpec, Preset, Presets, Published};
+
+/// The name in `[method] name`.
+pub const NAME: &str = "pmg";
+
+/// The registry's entry.
+pub const SPEC: MethodSpec = MethodSpec::of::<Pmg>(
+    "Progressive Multi-Granularity training (Du et al., ECCV 2020)",
+    Presets {
+        cub: Some(Preset("configs/pmg-resnet50-cub.toml")),
+        synthetic: Some(Preset("configs/pmg-synthetic.toml")),
+        paper_backbone: "resnet50",
+        published: &[
+            Published {
+                backbone: "resnet50",
+                top1: Some(89.6),
+                source: "PMG paper (ECCV 2020), combined prediction; the author's five reruns of the code: 89.54-89.74 (issue #11)",
+            },
+            Published {
+                backbone: "vgg16",
+                top1: None,
+                source: "reported in the PMG paper, value not recovered",
+            },
+        ],
+        bench_backbones: &["resnet50", "mobilenet_v2"],
+    },
+);
 
 /// `[method.options]` of `pmg`; every field has the official value as its default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +125,7 @@ impl PmgOptions {
     }
 }
 
-/// The PMG recipe: a backbone, [`PmgHead`] on its S deepest stages, and the progressive four-step loop.
+/// The PMG method: a backbone, [`PmgHead`] on its S deepest stages, and the progressive four-step loop.
 pub struct Pmg {
     store: ParamStore,
     backbone: Box<dyn Backbone>,
@@ -107,13 +134,6 @@ pub struct Pmg {
 }
 
 impl Pmg {
-    /// The recipe of a run configuration (`[model]`, `[method.options]`).
-    pub fn from_config(config: &Config, num_classes: usize, store: ParamStore) -> Result<Self> {
-        reject_model_head_lr_mult(&config.model, "pmg")?;
-        let options: PmgOptions = parse_options(config)?;
-        Self::new(&config.model, options, num_classes, store)
-    }
-
     /// The model of `model` with `options` and a `num_classes`-way output, parameters drawn from `store`.
     pub fn new(
         model: &ModelConfig,
@@ -248,9 +268,28 @@ pub(crate) fn stage_predictions(
     Predictions { heads }
 }
 
+impl MethodDef for Pmg {
+    const NAME: &'static str = NAME;
+    type Options = PmgOptions;
+
+    fn check(options: &PmgOptions, config: &Config) -> Result<()> {
+        reject_model_head_lr_mult(&config.model, NAME)?;
+        options.validate()
+    }
+
+    fn build(
+        config: &Config,
+        options: PmgOptions,
+        num_classes: usize,
+        store: ParamStore,
+    ) -> Result<Self> {
+        Self::new(&config.model, options, num_classes, store)
+    }
+}
+
 impl Method for Pmg {
     fn name(&self) -> &str {
-        "pmg"
+        NAME
     }
 
     fn store(&self) -> &ParamStore {

@@ -35,13 +35,33 @@ use serde::{Deserialize, Serialize};
 use super::pmg::{progressive_train_step, stage_predictions, step_names};
 use super::{
     augment_error, backbone_and_head_groups, build_backbone, check_non_negative, option_error,
-    parse_options, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
+    reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
 };
 use crate::config::Config;
 use crate::error::{Result, TrainError};
 use crate::method::{Method, Predictions, StepContext, StepStats};
 use crate::model::ModelConfig;
 use crate::optim::{GroupSpec, ZeroGrad};
+use crate::registry::spec::{MethodDef, MethodSpec, Preset, Presets, Published};
+
+/// The name in `[method] name`.
+pub const NAME: &str = "rmg-pmsi";
+
+/// The registry's entry.
+pub const SPEC: MethodSpec = MethodSpec::of::<RmgPmsi>(
+    "Recursive Mosaic Generator + Progressive Multi-Stage Interaction (Wu et al., BMVC 2022)",
+    Presets {
+        cub: Some(Preset("configs/rmg-pmsi-mobilenet_v2-cub.toml")),
+        synthetic: Some(Preset("configs/rmg-pmsi-synthetic.toml")),
+        paper_backbone: "mobilenet_v2",
+        published: &[Published {
+            backbone: "mobilenet_v2",
+            top1: None,
+            source: "the RMG-PMSI paper's tables could not be recovered",
+        }],
+        bench_backbones: &["mobilenet_v2"],
+    },
+);
 
 /// `[method.options]` of `rmg-pmsi`; every field has the official value as its default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +132,7 @@ impl RmgPmsiOptions {
     }
 }
 
-/// The RMG-PMSI recipe: a backbone, [`PmsiHead`] on its S deepest stages, the recursive mosaic and the
+/// The RMG-PMSI method: a backbone, [`PmsiHead`] on its S deepest stages, the recursive mosaic and the
 /// progressive loop with a frozen backbone at first.
 pub struct RmgPmsi {
     store: ParamStore,
@@ -122,13 +142,6 @@ pub struct RmgPmsi {
 }
 
 impl RmgPmsi {
-    /// The recipe of a run configuration (`[model]`, `[method.options]`).
-    pub fn from_config(config: &Config, num_classes: usize, store: ParamStore) -> Result<Self> {
-        reject_model_head_lr_mult(&config.model, "rmg-pmsi")?;
-        let options: RmgPmsiOptions = parse_options(config)?;
-        Self::new(&config.model, options, num_classes, store)
-    }
-
     /// The model of `model` with `options` and a `num_classes`-way output, parameters drawn from `store`.
     pub fn new(
         model: &ModelConfig,
@@ -228,9 +241,28 @@ impl RmgPmsi {
     }
 }
 
+impl MethodDef for RmgPmsi {
+    const NAME: &'static str = NAME;
+    type Options = RmgPmsiOptions;
+
+    fn check(options: &RmgPmsiOptions, config: &Config) -> Result<()> {
+        reject_model_head_lr_mult(&config.model, NAME)?;
+        options.validate()
+    }
+
+    fn build(
+        config: &Config,
+        options: RmgPmsiOptions,
+        num_classes: usize,
+        store: ParamStore,
+    ) -> Result<Self> {
+        Self::new(&config.model, options, num_classes, store)
+    }
+}
+
 impl Method for RmgPmsi {
     fn name(&self) -> &str {
-        "rmg-pmsi"
+        NAME
     }
 
     fn store(&self) -> &ParamStore {

@@ -5,6 +5,7 @@
 //! * [`ParamGroups`]: groups selected by name with their own learning rate, weight decay and freezing.
 //! * [`ZeroGrad`]: PyTorch ≥ 2.0 `zero_grad()` (parameters without a gradient are skipped) or the
 //!   `set_to_none=False` semantics of PyTorch < 2.0 that PMG and RMG-PMSI were trained with.
+//! * [`build_optimizer`]: the optimiser of a run configuration and its method.
 //! * [`clip_grad_norm`]: `torch.nn.utils.clip_grad_norm_` over all gradients; [`first_non_finite`] finds a
 //!   NaN or infinite gradient before a step applies it.
 //!
@@ -12,11 +13,13 @@
 //! checkpoint restores into a freshly built model.
 
 mod adamw;
+mod build;
 mod clip;
 mod groups;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use build::build_optimizer;
 pub use clip::{clip_grad_norm, first_non_finite};
 pub use groups::{matches, Group, GroupSpec, Param, ParamGroups, DEFAULT_GROUP};
 pub use sgd::{Sgd, SgdConfig};

@@ -1,4 +1,4 @@
-//! Shared helpers of the recipe tests: tiny models, seeded batches, an optimiser that records what each
+//! Shared helpers of the method tests: tiny models, seeded batches, an optimiser that records what each
 //! step received, and a driver for `Method::train_step`.
 #![allow(dead_code)]
 
@@ -34,7 +34,7 @@ pub fn model(backbone: &str) -> ModelConfig {
     }
 }
 
-/// MobileNetV2 at a quarter of the width (stem stride left to the recipe).
+/// MobileNetV2 at a quarter of the width (stem stride left to the method).
 pub fn mobilenet_quarter() -> ModelConfig {
     ModelConfig {
         width_mult: Some(0.25),
@@ -225,13 +225,13 @@ pub fn assert_falls(losses: &[f64], ratio: f64) {
     );
 }
 
-/// Builds a recipe for a model config into a store.
+/// Builds a method for a model config into a store.
 pub type BuildMethod = dyn Fn(&ModelConfig, ParamStore) -> Box<dyn Method>;
 
-/// The small recipes the cross-backbone tests run, with the image size each needs (DCL's 2x2 region grid must
+/// The small methods the cross-backbone tests run, with the image size each needs (DCL's 2x2 region grid must
 /// divide the deepest map, so it takes 64 px) and its main prediction head and head count.
-pub struct TinyRecipe {
-    /// The recipe's name.
+pub struct TinyMethod {
+    /// The method's name.
     pub name: &'static str,
     /// Image side in pixels.
     pub size: usize,
@@ -239,19 +239,19 @@ pub struct TinyRecipe {
     pub main: &'static str,
     /// How many predictions `predict` returns.
     pub heads: usize,
-    /// The recipe on a model config, 3 classes.
+    /// The method on a model config, 3 classes.
     pub build: Box<BuildMethod>,
 }
 
 /// PMG, RMG-PMSI, DCL (2x2 regions, k 1) and Coarse2Fine (4 attention maps, stage two from epoch 5), each
 /// with narrow heads.
-pub fn tiny_recipes() -> Vec<TinyRecipe> {
+pub fn tiny_methods() -> Vec<TinyMethod> {
     use fgvc_train::methods::coarse2fine::{Coarse2FineMethod, Coarse2FineOptions};
     use fgvc_train::methods::dcl::{Dcl, DclOptions};
     use fgvc_train::methods::pmg::{Pmg, PmgOptions};
     use fgvc_train::methods::rmg_pmsi::{RmgPmsi, RmgPmsiOptions};
     vec![
-        TinyRecipe {
+        TinyMethod {
             name: "pmg",
             size: 32,
             main: "combined",
@@ -265,7 +265,7 @@ pub fn tiny_recipes() -> Vec<TinyRecipe> {
                 Box::new(Pmg::new(m, o, 3, s).unwrap())
             }),
         },
-        TinyRecipe {
+        TinyMethod {
             name: "rmg-pmsi",
             size: 32,
             main: "combined",
@@ -279,7 +279,7 @@ pub fn tiny_recipes() -> Vec<TinyRecipe> {
                 Box::new(RmgPmsi::new(m, o, 3, s).unwrap())
             }),
         },
-        TinyRecipe {
+        TinyMethod {
             name: "dcl",
             size: 64,
             main: "classifier",
@@ -294,7 +294,7 @@ pub fn tiny_recipes() -> Vec<TinyRecipe> {
                 Box::new(Dcl::new(m, o, 3, s, normalize).unwrap())
             }),
         },
-        TinyRecipe {
+        TinyMethod {
             name: "coarse2fine",
             size: 32,
             main: "combined",
@@ -313,10 +313,10 @@ pub fn tiny_recipes() -> Vec<TinyRecipe> {
     ]
 }
 
-/// The recipe named `name` from [`tiny_recipes`].
-pub fn tiny_recipe(name: &str) -> TinyRecipe {
-    tiny_recipes()
+/// The method named `name` from [`tiny_methods`].
+pub fn tiny_method(name: &str) -> TinyMethod {
+    tiny_methods()
         .into_iter()
         .find(|r| r.name == name)
-        .unwrap_or_else(|| panic!("no tiny recipe {name}"))
+        .unwrap_or_else(|| panic!("no tiny method {name}"))
 }

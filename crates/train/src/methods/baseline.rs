@@ -1,19 +1,39 @@
 //! Plain fine-tuning: a backbone, global pooling, optional dropout and one linear classifier trained with
 //! cross-entropy, one optimiser step per batch. The reference every fine-grained method is compared with.
+//! Its options are `[model]`'s `dropout` and `head_lr_mult`; `[method.options]` stays empty.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 use fgvc_backbone::Backbone;
 use fgvc_data::Batch;
 use fgvc_ops::{Linear, ParamStore};
 use rand::Rng;
 
+use super::{count_correct, weighted_ce, HEAD_PREFIX};
+use crate::config::Config;
 use crate::error::{Result, TrainError};
 use crate::method::{Method, Predictions, StepContext, StepStats};
 use crate::model::{build_backbone, ModelConfig};
 use crate::optim::GroupSpec;
+use crate::registry::spec::{MethodDef, MethodSpec, Preset, Presets, Published};
 
-/// Prefix of the parameters the recipe adds on top of the backbone.
-pub const HEAD_PREFIX: &str = "heads";
+/// The name in `[method] name`.
+pub const NAME: &str = "baseline";
+
+/// The registry's entry: plain fine-tuning, the ResNet-50 row of the DCL paper's Table 1 on CUB.
+pub const SPEC: MethodSpec = MethodSpec::of::<Baseline>(
+    "Plain fine-tuning: backbone, global pooling and one linear classifier",
+    Presets {
+        cub: Some(Preset("configs/baseline-resnet50-cub.toml")),
+        synthetic: Some(Preset("configs/synthetic-baseline.toml")),
+        paper_backbone: "resnet50",
+        published: &[Published {
+            backbone: "resnet50",
+            top1: Some(85.5),
+            source: "DCL paper (CVPR 2019) Table 1, ResNet-50 fine-tuned at 448 (87.8 - 2.3)",
+        }],
+        bench_backbones: &["resnet50", "mobilenet_v2"],
+    },
+);
 
 /// Backbone + `heads.fc`, trained with cross-entropy.
 pub struct Baseline {
@@ -27,12 +47,7 @@ pub struct Baseline {
 impl Baseline {
     /// The model of `config` with a `num_classes`-way classifier, its parameters drawn from `store`'s seed.
     pub fn new(config: &ModelConfig, num_classes: usize, store: ParamStore) -> Result<Self> {
-        if !(0.0..1.0).contains(&config.dropout) {
-            return Err(TrainError::Msg(format!(
-                "model.dropout must be in [0, 1), got {}",
-                config.dropout
-            )));
-        }
+        check_dropout(config)?;
         let root = store.root();
         let backbone = build_backbone(config, &root)?;
         let fc = Linear::new(
@@ -90,21 +105,47 @@ impl Baseline {
     }
 }
 
-/// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (u32).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::loss::cross_entropy(logits, labels)?)
+impl MethodDef for Baseline {
+    const NAME: &'static str = NAME;
+    type Options = ();
+
+    /// The baseline takes no `[method.options]`; its knobs are `[model]`'s `dropout` and `head_lr_mult`.
+    fn options(config: &Config) -> Result<()> {
+        if config.method.options.is_empty() {
+            Ok(())
+        } else {
+            Err(TrainError::Config {
+                origin: "[method.options]".into(),
+                key: "method.options".into(),
+                message: "the baseline takes no method options".into(),
+            })
+        }
+    }
+
+    fn check(_: &(), config: &Config) -> Result<()> {
+        check_dropout(&config.model)
+    }
+
+    fn build(config: &Config, _: (), num_classes: usize, store: ParamStore) -> Result<Self> {
+        Baseline::new(&config.model, num_classes, store)
+    }
 }
 
-/// Number of rows of `logits` whose arg-max equals the label.
-pub fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
-    let pred = logits.argmax(D::Minus1)?;
-    let eq = pred.eq(&labels.to_dtype(pred.dtype())?)?;
-    Ok(eq.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+/// `model.dropout` is a probability in `[0, 1)`.
+fn check_dropout(model: &ModelConfig) -> Result<()> {
+    if (0.0..1.0).contains(&model.dropout) {
+        return Ok(());
+    }
+    Err(TrainError::Config {
+        origin: "[model]".into(),
+        key: "model.dropout".into(),
+        message: format!("must be in [0, 1), got {}", model.dropout),
+    })
 }
 
 impl Method for Baseline {
     fn name(&self) -> &str {
-        "baseline"
+        NAME
     }
 
     fn store(&self) -> &ParamStore {
@@ -114,7 +155,7 @@ impl Method for Baseline {
     fn train_step(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<StepStats> {
         let mask = self.dropout_mask(batch.len(), ctx, batch.images.device())?;
         let logits = self.logits(&batch.images, true, mask)?;
-        let loss = cross_entropy(&logits, &batch.labels)?;
+        let loss = weighted_ce(&logits, &batch.labels, 1.0)?;
         let value = ctx.backward_step(&loss)?;
         Ok(StepStats {
             loss: value,

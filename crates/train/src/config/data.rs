@@ -1,0 +1,164 @@
+//! `[data]`: the dataset, its transforms and batches, and the synthetic dataset's parameters.
+
+use std::path::PathBuf;
+
+use fgvc_augment::transforms::Pipeline;
+use fgvc_data::SyntheticConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+fn default_dataset() -> String {
+    "synthetic".into()
+}
+fn default_batch() -> usize {
+    16
+}
+fn default_validation() -> f64 {
+    0.1
+}
+fn default_augment() -> String {
+    "pmg".into()
+}
+
+/// The synthetic dataset's parameters (`[data.synthetic]`); see [`fgvc_data::synthetic`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticSection {
+    /// Number of classes.
+    pub classes: usize,
+    /// Image side in pixels.
+    pub image_size: u32,
+    /// Training images per class.
+    pub train_per_class: usize,
+    /// Validation images per class.
+    pub val_per_class: usize,
+    /// Test images per class.
+    pub test_per_class: usize,
+    /// Seed of the rendered images.
+    pub seed: u64,
+}
+
+impl Default for SyntheticSection {
+    fn default() -> Self {
+        let d = SyntheticConfig::default();
+        SyntheticSection {
+            classes: d.classes,
+            image_size: d.image_size,
+            train_per_class: d.train_per_class,
+            val_per_class: d.val_per_class,
+            test_per_class: d.test_per_class,
+            seed: d.seed,
+        }
+    }
+}
+
+impl From<SyntheticSection> for SyntheticConfig {
+    fn from(s: SyntheticSection) -> Self {
+        SyntheticConfig {
+            classes: s.classes,
+            image_size: s.image_size,
+            train_per_class: s.train_per_class,
+            val_per_class: s.val_per_class,
+            test_per_class: s.test_per_class,
+            seed: s.seed,
+        }
+    }
+}
+
+/// `[data]`: which dataset and how it is fed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `synthetic`, `cub`, `cars`, `aircraft` or `folder`.
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// Root of a downloaded dataset (`data/CUB_200_2011`).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// The synthetic dataset's parameters.
+    #[serde(default)]
+    pub synthetic: SyntheticSection,
+    /// Transform preset (`pmg`, `dcl`, `rmg`) applied at `resize`/`crop`, unless `train_pipeline` and
+    /// `test_pipeline` are given.
+    #[serde(default = "default_augment")]
+    pub augment: String,
+    /// Square resize before cropping (default: the synthetic image size x 9/8, else 550).
+    #[serde(default)]
+    pub resize: Option<u32>,
+    /// Square crop fed to the network (default: the synthetic image size, else 448).
+    #[serde(default)]
+    pub crop: Option<u32>,
+    /// An explicit training pipeline (replaces the preset).
+    #[serde(default)]
+    pub train_pipeline: Option<Pipeline>,
+    /// An explicit evaluation pipeline (replaces the preset).
+    #[serde(default)]
+    pub test_pipeline: Option<Pipeline>,
+    /// Training batch size.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Evaluation batch size (default: the training batch size).
+    #[serde(default)]
+    pub eval_batch_size: Option<usize>,
+    /// Loader threads (0: one per core).
+    #[serde(default)]
+    pub threads: usize,
+    /// Fraction of each class of a file dataset's training set held out for validation.
+    #[serde(default = "default_validation")]
+    pub validation_fraction: f64,
+    /// Crop to the bounding boxes (CUB, Cars, Aircraft).
+    #[serde(default)]
+    pub bbox_crop: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [data] section is valid")
+    }
+}
+
+impl DataConfig {
+    fn sizes(&self) -> (u32, u32) {
+        let synthetic = self.dataset == "synthetic";
+        let crop = self.crop.unwrap_or(if synthetic {
+            self.synthetic.image_size
+        } else {
+            448
+        });
+        let resize = self
+            .resize
+            .unwrap_or(if synthetic { crop * 9 / 8 } else { 550 });
+        (resize, crop)
+    }
+
+    /// The training and evaluation pipelines.
+    pub fn pipelines(&self) -> Result<(Pipeline, Pipeline)> {
+        let (resize, crop) = self.sizes();
+        let (train, test) = match self.augment.as_str() {
+            "pmg" => (
+                Pipeline::pmg_train_at(resize, crop),
+                Pipeline::pmg_test_at(resize, crop),
+            ),
+            "dcl" => (
+                Pipeline::dcl_train_at(resize, crop),
+                Pipeline::dcl_test_at(resize, crop),
+            ),
+            "rmg" => (
+                Pipeline::rmg_train_at(resize, crop),
+                Pipeline::rmg_test_at(resize, crop),
+            ),
+            other => {
+                return Err(TrainError::Config {
+                    origin: "[data]".into(),
+                    key: "data.augment".into(),
+                    message: format!("unknown preset {other:?} (known: pmg, dcl, rmg)"),
+                })
+            }
+        };
+        Ok((
+            self.train_pipeline.clone().unwrap_or(train),
+            self.test_pipeline.clone().unwrap_or(test),
+        ))
+    }
+}
