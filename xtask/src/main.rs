@@ -5,7 +5,7 @@
 //!   under `data/weights/`;
 //! - `bench [augment|data|ops|backbones|methods|all] [--device cpu|cuda|metal] [--vs-pytorch]`: the
 //!   criterion benchmarks, and the backbone and method workloads (images/s and peak memory, as JSON and a
-//!   markdown table, next to PyTorch's with `--vs-pytorch`); see `bench.rs`;
+//!   markdown table, next to PyTorch's with `--vs-pytorch`); see `bench/mod.rs`;
 //! - `train-cub [--method ..] [--backbone ..] [--device cpu|cuda|metal] [--epochs N]`: fetch, train,
 //!   evaluate, compare with the paper;
 //! - `synthetic-table`: the baseline and every method on the synthetic dataset with one budget (the table

@@ -1,0 +1,181 @@
+//! The command line of `cargo xtask train-cub`: which method, backbone and device, and where things go.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// The training recipes `train-cub` knows (every one has a CUB configuration in `configs/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Progressive Multi-Granularity training (Du et al., ECCV 2020).
+    Pmg,
+    /// Destruction and Construction Learning (Chen et al., CVPR 2019).
+    Dcl,
+    /// Recursive Mosaic Generator + Progressive Multi-Stage Interaction (Wu et al., BMVC 2022).
+    RmgPmsi,
+    /// Coarse2Fine (Eshratifar et al., arXiv 1909.02680), on WS-DAN's setup.
+    Coarse2fine,
+    /// Plain fine-tuning (the ResNet-50 baseline row of the DCL paper).
+    Baseline,
+}
+
+impl MethodArg {
+    /// The name in configurations and file names (`rmg-pmsi`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodArg::Pmg => "pmg",
+            MethodArg::Dcl => "dcl",
+            MethodArg::RmgPmsi => "rmg-pmsi",
+            MethodArg::Coarse2fine => "coarse2fine",
+            MethodArg::Baseline => "baseline",
+        }
+    }
+
+    /// The backbone the method's paper (or official code) uses on CUB: MobileNetV2 for RMG-PMSI,
+    /// ResNet-50 for the others.
+    pub fn paper_backbone(self) -> BackboneArg {
+        match self {
+            MethodArg::RmgPmsi => BackboneArg::MobilenetV2,
+            _ => BackboneArg::Resnet50,
+        }
+    }
+}
+
+/// The backbones `fgvc-backbone` builds, with torchvision's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackboneArg {
+    /// ResNet-18.
+    Resnet18,
+    /// ResNet-34.
+    Resnet34,
+    /// ResNet-50.
+    Resnet50,
+    /// ResNet-101.
+    Resnet101,
+    /// VGG-16.
+    Vgg16,
+    /// VGG-16 with BatchNorm.
+    #[value(name = "vgg16_bn")]
+    Vgg16Bn,
+    /// MobileNetV2.
+    #[value(name = "mobilenet_v2")]
+    MobilenetV2,
+}
+
+impl BackboneArg {
+    /// torchvision's name (`model.backbone`, the weights file `<name>.safetensors`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneArg::Resnet18 => "resnet18",
+            BackboneArg::Resnet34 => "resnet34",
+            BackboneArg::Resnet50 => "resnet50",
+            BackboneArg::Resnet101 => "resnet101",
+            BackboneArg::Vgg16 => "vgg16",
+            BackboneArg::Vgg16Bn => "vgg16_bn",
+            BackboneArg::MobilenetV2 => "mobilenet_v2",
+        }
+    }
+
+    /// Channels of the deepest stage the multi-stage heads read: ResNet `layer4`, VGG `conv5_3`,
+    /// MobileNetV2's last 1x1 conv (checked against `fgvc-backbone` by the tests).
+    pub fn deepest_channels(self) -> usize {
+        match self {
+            BackboneArg::Resnet18 | BackboneArg::Resnet34 => 512,
+            BackboneArg::Resnet50 | BackboneArg::Resnet101 => 2048,
+            BackboneArg::Vgg16 | BackboneArg::Vgg16Bn => 512,
+            BackboneArg::MobilenetV2 => 1280,
+        }
+    }
+}
+
+/// Where `fgvc train` runs; `cuda` and `metal` build the CLI with the candle feature of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU (no GPU toolkit needed).
+    Cpu,
+    /// An NVIDIA GPU: builds with `--features cuda` (needs the CUDA toolkit).
+    Cuda,
+    /// An Apple GPU: builds with `--features metal` (macOS).
+    Metal,
+}
+
+impl DeviceArg {
+    /// The `--device` value of `fgvc train`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceArg::Cpu => "cpu",
+            DeviceArg::Cuda => "cuda",
+            DeviceArg::Metal => "metal",
+        }
+    }
+
+    /// The `fgvc-cli` cargo feature the device needs.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            DeviceArg::Cpu => None,
+            DeviceArg::Cuda => Some("cuda"),
+            DeviceArg::Metal => Some("metal"),
+        }
+    }
+}
+
+/// Arguments of `cargo xtask train-cub`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainCubArgs {
+    /// The training recipe.
+    #[arg(long, value_enum, default_value_t = MethodArg::Pmg)]
+    pub method: MethodArg,
+    /// The backbone (default: the method's paper backbone, resnet50; mobilenet_v2 for rmg-pmsi).
+    #[arg(long, value_enum)]
+    pub backbone: Option<BackboneArg>,
+    /// Where to train; cuda and metal build the CLI with `--features cuda` / `--features metal`.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Train this many epochs instead of the reproduction's (the result is then not comparable).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Where datasets live: CUB at DIR/CUB_200_2011, downloaded there if missing (default: data in the
+    /// workspace).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Where the torchvision weights live as BACKBONE.safetensors (default: data/weights in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub weights_dir: Option<PathBuf>,
+    /// The run directory (default: runs/train-cub-METHOD-BACKBONE in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Override a configuration key, passed on to `fgvc train` (repeatable), e.g. `--set data.batch_size=8`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// A base URL tried first for the dataset archive and the weights (`<mirror>/<file name>`); may repeat.
+    #[arg(long, value_name = "URL")]
+    pub mirror: Vec<String>,
+    /// Never download: stop with the list of what is missing and the commands that fetch it.
+    #[arg(long)]
+    pub no_download: bool,
+    /// Print the plan (configuration, overrides, downloads, the cargo command) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue the run in the run directory from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl Default for TrainCubArgs {
+    fn default() -> Self {
+        TrainCubArgs {
+            method: MethodArg::Pmg,
+            backbone: None,
+            device: DeviceArg::Cpu,
+            epochs: None,
+            data: None,
+            weights_dir: None,
+            out: None,
+            set: Vec::new(),
+            mirror: Vec::new(),
+            no_download: false,
+            dry_run: false,
+            resume: false,
+        }
+    }
+}
