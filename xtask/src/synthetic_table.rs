@@ -2,7 +2,8 @@
 //! optimiser, epochs and seed on the embedded synthetic dataset, one `fgvc train` process per run, and the
 //! comparison table (test accuracy, time per epoch) that docs/methods.md publishes.
 //!
-//! Each run starts from `configs/synthetic-baseline.toml` or `configs/<method>-synthetic.toml` (all share
+//! Each run starts from its method's synthetic preset in the registry (`configs/synthetic-baseline.toml`,
+//! `configs/<method>-synthetic.toml`; all share
 //! the main job's budget); another backbone than the configs' narrow ResNet-18 is swapped in by editing the
 //! `[model]` table, and the config actually run is written next to its run directory. A finished run (a
 //! `test` record in its log) is reused unless `--force`, so an interrupted table resumes.
@@ -13,17 +14,25 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use fgvc_train::methods::baseline;
 use fgvc_train::metrics::{read_records, Record};
+use fgvc_train::registry;
 use serde::Serialize;
 
-/// The methods of the table, in its row order.
-pub const METHODS: &[&str] = &["baseline", "pmg", "dcl", "rmg-pmsi", "coarse2fine"];
+/// The methods of the table, in its row order: the registry's methods that ship a synthetic preset.
+pub fn methods() -> Vec<&'static str> {
+    registry::methods()
+        .into_iter()
+        .filter(|m| m.presets.synthetic.is_some())
+        .map(|m| m.name)
+        .collect()
+}
 
 /// Arguments of `cargo xtask synthetic-table`.
 #[derive(Args, Debug, Clone)]
 pub struct SyntheticTableArgs {
-    /// Methods to run (comma-separated): baseline, pmg, dcl, rmg-pmsi, coarse2fine.
-    #[arg(long, value_delimiter = ',', default_values_t = METHODS.iter().map(|s| s.to_string()))]
+    /// Methods to run (comma-separated; default: every method of the registry with a synthetic preset).
+    #[arg(long, value_delimiter = ',', default_values_t = methods().into_iter().map(String::from))]
     pub methods: Vec<String>,
     /// Backbones (comma-separated): `resnet18` (the configs' base width 16) and/or `mobilenet_v2`.
     #[arg(long, value_delimiter = ',', default_values_t = ["resnet18".to_string(), "mobilenet_v2".to_string()])]
@@ -70,15 +79,11 @@ pub struct Row {
 
 /// The config file a method's synthetic run starts from.
 pub fn base_config(root: &Path, method: &str) -> Result<PathBuf> {
-    if !METHODS.contains(&method) {
-        bail!("unknown method {method:?} (known: {})", METHODS.join(", "));
-    }
-    let name = if method == "baseline" {
-        "synthetic-baseline.toml".to_string()
-    } else {
-        format!("{method}-synthetic.toml")
-    };
-    let path = root.join("configs").join(name);
+    let preset = registry::lookup(method)?
+        .presets
+        .synthetic
+        .with_context(|| format!("{method} ships no synthetic configuration"))?;
+    let path = root.join(preset.file());
     if !path.exists() {
         bail!("{} is missing", path.display());
     }
@@ -163,7 +168,7 @@ pub fn markdown(rows: &[Row]) -> String {
     for r in rows {
         let base = rows
             .iter()
-            .find(|b| b.method == "baseline" && b.backbone == r.backbone)
+            .find(|b| b.method == baseline::NAME && b.backbone == r.backbone)
             .map(|b| b.seconds_per_epoch);
         let rel = match base {
             Some(b) if b > 0.0 => format!("{:.1}x", r.seconds_per_epoch / b),
@@ -384,7 +389,7 @@ mod tests {
     #[test]
     fn every_method_has_a_synthetic_config_that_the_engine_accepts() {
         let root = crate::workspace_root();
-        for m in METHODS {
+        for m in methods() {
             let path = base_config(&root, m).unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
             for b in ["resnet18", "mobilenet_v2"] {

@@ -53,13 +53,10 @@ fn plan(words: &[&str]) -> Plan {
 
 #[test]
 fn each_method_runs_its_reproduction_config_on_its_paper_backbone() {
-    let cases = [
-        ("pmg", "resnet50"),
-        ("dcl", "resnet50"),
-        ("rmg-pmsi", "mobilenet_v2"),
-        ("coarse2fine", "resnet50"),
-        ("baseline", "resnet50"),
-    ];
+    // Every method of the registry, on the backbone its entry names (ResNet-50; MobileNetV2 for RMG-PMSI).
+    let cases = fgvc_train::registry::methods()
+        .into_iter()
+        .map(|m| (m.name, m.presets.paper_backbone));
     for (method, backbone) in cases {
         let p = plan(&["--method", method]);
         assert_eq!(p.backbone.name(), backbone);
@@ -87,7 +84,7 @@ fn each_method_runs_its_reproduction_config_on_its_paper_backbone() {
         assert!(paper_result(method, backbone).is_some());
     }
     // PMG is the default method.
-    assert_eq!(plan(&[]).method, MethodArg::Pmg);
+    assert_eq!(plan(&[]).method, MethodArg::named("pmg").unwrap());
     let p = plan(&["--method", "baseline"]);
     assert_eq!(p.reproduction_epochs, 180);
     assert_eq!(p.reproduction_select, Selection::BestOnTest);

@@ -2,44 +2,50 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
+use fgvc_train::methods::pmg;
+use fgvc_train::registry::{self, MethodSpec};
 
-/// The training recipes `train-cub` knows (every one has a CUB configuration in `configs/`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum MethodArg {
-    /// Progressive Multi-Granularity training (Du et al., ECCV 2020).
-    Pmg,
-    /// Destruction and Construction Learning (Chen et al., CVPR 2019).
-    Dcl,
-    /// Recursive Mosaic Generator + Progressive Multi-Stage Interaction (Wu et al., BMVC 2022).
-    RmgPmsi,
-    /// Coarse2Fine (Eshratifar et al., arXiv 1909.02680), on WS-DAN's setup.
-    Coarse2fine,
-    /// Plain fine-tuning (the ResNet-50 baseline row of the DCL paper).
-    Baseline,
-}
+/// A method of the registry (`fgvc_train::registry`); every built-in one ships a CUB configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct MethodArg(pub MethodSpec);
 
 impl MethodArg {
-    /// The name in configurations and file names (`rmg-pmsi`).
-    pub fn name(self) -> &'static str {
-        match self {
-            MethodArg::Pmg => "pmg",
-            MethodArg::Dcl => "dcl",
-            MethodArg::RmgPmsi => "rmg-pmsi",
-            MethodArg::Coarse2fine => "coarse2fine",
-            MethodArg::Baseline => "baseline",
-        }
+    /// The method called `name` in the registry.
+    pub fn named(name: &str) -> anyhow::Result<MethodArg> {
+        Ok(MethodArg(registry::lookup(name)?))
     }
 
-    /// The backbone the method's paper (or official code) uses on CUB: MobileNetV2 for RMG-PMSI,
-    /// ResNet-50 for the others.
+    /// The name in configurations and file names (`rmg-pmsi`).
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+
+    /// The backbone the method's paper (or official code) uses on CUB (the registry's `paper_backbone`).
     pub fn paper_backbone(self) -> BackboneArg {
-        match self {
-            MethodArg::RmgPmsi => BackboneArg::MobilenetV2,
-            _ => BackboneArg::Resnet50,
-        }
+        BackboneArg::from_str(self.0.presets.paper_backbone, false)
+            .expect("a registered paper backbone is one fgvc-backbone builds")
+    }
+
+    /// The `--method` parser: the registry's names, listed in `--help`.
+    fn parser() -> impl TypedValueParser<Value = MethodArg> {
+        clap::builder::PossibleValuesParser::new(
+            registry::methods()
+                .into_iter()
+                .map(|m| clap::builder::PossibleValue::new(m.name).help(m.summary)),
+        )
+        .map(|name| MethodArg::named(&name).expect("clap only passes registered names"))
     }
 }
+
+impl PartialEq for MethodArg {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for MethodArg {}
 
 /// The backbones `fgvc-backbone` builds, with torchvision's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -122,8 +128,8 @@ impl DeviceArg {
 /// Arguments of `cargo xtask train-cub`.
 #[derive(Args, Debug, Clone)]
 pub struct TrainCubArgs {
-    /// The training recipe.
-    #[arg(long, value_enum, default_value_t = MethodArg::Pmg)]
+    /// The training method.
+    #[arg(long, default_value = pmg::NAME, value_parser = MethodArg::parser())]
     pub method: MethodArg,
     /// The backbone (default: the method's paper backbone, resnet50; mobilenet_v2 for rmg-pmsi).
     #[arg(long, value_enum)]
@@ -164,7 +170,7 @@ pub struct TrainCubArgs {
 impl Default for TrainCubArgs {
     fn default() -> Self {
         TrainCubArgs {
-            method: MethodArg::Pmg,
+            method: MethodArg(pmg::SPEC),
             backbone: None,
             device: DeviceArg::Cpu,
             epochs: None,

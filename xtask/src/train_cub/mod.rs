@@ -12,7 +12,7 @@
 //! 3. **Train and evaluate**: `cargo run --release -p fgvc-cli [--features cuda|metal] -- train ...` from the
 //!    workspace root ([`Plan::cargo_args`]).
 //! 4. **Compare** ([`read_result`], [`format_comparison`]): the final test record of the run's
-//!    `metrics.jsonl` and `eval-test.json` next to the published number ([`PAPER_RESULTS`]).
+//!    `metrics.jsonl` and `eval-test.json` next to the published number ([`paper_result`], from the method's registry entry).
 
 mod args;
 mod fetch;
@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 
 pub use args::{BackboneArg, DeviceArg, MethodArg, TrainCubArgs};
 pub use fetch::{cub_problem, fetch, Missing, CUB_FILES};
-pub use paper::{paper_result, PaperResult, PAPER_RESULTS};
+pub use paper::paper_result;
 pub use plan::Plan;
 pub use report::{format_comparison, read_result, RunResult};
 

@@ -7,7 +7,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use fgvc_train::config::Selection;
 use fgvc_train::Config;
 
@@ -86,8 +85,7 @@ impl Plan {
         let cwd = std::env::current_dir().context("reading the current directory")?;
         let method = args.method;
         let backbone = args.backbone.unwrap_or(method.paper_backbone());
-        let configs = root.join("configs");
-        let (base_config, base_backbone) = choose_config(&configs, method, backbone)?;
+        let (base_config, base_backbone) = choose_config(root, method, backbone)?;
         let text = fs::read_to_string(&base_config)
             .with_context(|| format!("reading {}", base_config.display()))?;
         let origin = shown(root, &base_config);
@@ -394,32 +392,25 @@ impl Plan {
     }
 }
 
-/// `configs/<method>-<backbone>-cub.toml` when it exists, else the method's CUB configuration for its paper
-/// backbone (or any other), with that configuration's backbone.
+/// `configs/<method>-<backbone>-cub.toml` when it exists, else the method's CUB preset from the registry
+/// (written for its paper backbone), with that configuration's backbone.
 fn choose_config(
-    configs: &Path,
+    root: &Path,
     method: MethodArg,
     backbone: BackboneArg,
 ) -> Result<(PathBuf, BackboneArg)> {
-    let file = |b: BackboneArg| configs.join(format!("{}-{}-cub.toml", method.name(), b.name()));
-    if file(backbone).is_file() {
-        return Ok((file(backbone), backbone));
+    let file = root
+        .join("configs")
+        .join(format!("{}-{}-cub.toml", method.name(), backbone.name()));
+    if file.is_file() {
+        return Ok((file, backbone));
     }
-    if file(method.paper_backbone()).is_file() {
-        return Ok((file(method.paper_backbone()), method.paper_backbone()));
-    }
-    BackboneArg::value_variants()
-        .iter()
-        .find(|b| file(**b).is_file())
-        .map(|b| (file(*b), *b))
-        .with_context(|| {
-            format!(
-                "no CUB configuration for {} in {} (expected {}-<backbone>-cub.toml)",
-                method.name(),
-                configs.display(),
-                method.name()
-            )
-        })
+    let preset = method
+        .0
+        .presets
+        .cub
+        .with_context(|| format!("{} ships no CUB configuration", method.name()))?;
+    Ok((root.join(preset.file()), method.paper_backbone()))
 }
 
 #[cfg(test)]
