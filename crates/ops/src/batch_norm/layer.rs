@@ -1,7 +1,7 @@
 //! The layer, `nn.BatchNorm2d` / `nn.BatchNorm1d` with torch's parameter names, and its fused forwards
 //! (with a residual and an activation, or with the preceding conv) over the functional form.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{ModuleT, Result, Tensor, Var};
 
 use super::config::BatchNormConfig;
 use super::conv_bn::conv_batch_norm;
@@ -127,5 +127,58 @@ impl BatchNorm {
             running_var: &self.running_var,
             cfg: &self.cfg,
         }
+    }
+}
+
+/// candle's train/eval layer interface: [`BatchNorm::forward_t`].
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        BatchNorm::forward_t(self, xs, train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, ModuleT, Tensor};
+
+    use super::BatchNorm;
+    use crate::params::ParamStore;
+
+    fn layer() -> BatchNorm {
+        let store = ParamStore::new(3, DType::F32, &Device::Cpu);
+        BatchNorm::new(4, &store.root()).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// The forward a caller generic over candle's layers gets.
+    fn through_module_t<M: ModuleT>(m: &M, x: &Tensor, train: bool) -> Tensor {
+        m.forward_t(x, train).unwrap()
+    }
+
+    #[test]
+    fn module_t_is_the_train_and_eval_forward() {
+        let x = Tensor::randn(0.5f32, 2., (3, 4, 5, 5), &Device::Cpu).unwrap();
+        let (generic, direct) = (layer(), layer());
+        for train in [true, false, true, false] {
+            let a = through_module_t(&generic, &x, train);
+            let b = direct.forward_t(&x, train).unwrap();
+            assert_eq!(values(&a), values(&b), "train = {train}");
+            assert_eq!(
+                values(generic.running_mean().as_tensor()),
+                values(direct.running_mean().as_tensor())
+            );
+            assert_eq!(
+                values(generic.running_var().as_tensor()),
+                values(direct.running_var().as_tensor())
+            );
+        }
+        // The flag is passed on: batch statistics in training, the (different) running ones in eval.
+        assert_ne!(
+            values(&through_module_t(&generic, &x, true)),
+            values(&through_module_t(&generic, &x, false))
+        );
     }
 }
