@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::Split;
 use crate::error::{DataError, Result};
 
-/// What to render.
+/// What to render. As TOML or JSON every field is optional (missing ones take [`Default`]'s values) and
+/// unknown fields are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SyntheticConfig {
     /// Number of classes (any number from 2 up).
     pub classes: usize,
