@@ -1,7 +1,7 @@
 //! Building blocks shared by the heads: the official `BasicConv`, the two-conv stage block, the
 //! BN-Linear-BN-ELU-Linear classifier and a seeded dropout.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, ModuleT, Result, Tensor};
 use fgvc_ops::{
     global_max_pool, Activation, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Params,
 };
@@ -106,6 +106,13 @@ impl BasicConv {
     }
 }
 
+/// candle's train/eval layer interface: [`BasicConv::forward_t`].
+impl ModuleT for BasicConv {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        BasicConv::forward_t(self, xs, train)
+    }
+}
+
 /// PMG's `conv_block` / RMG-PMSI's `smooth_conv`: `BasicConv(C_in -> feature, 1x1)` then
 /// `BasicConv(feature -> out, 3x3, pad 1)`, both with BN momentum 0.01 and ReLU, named `0.*` and `1.*`.
 #[derive(Debug, Clone)]
@@ -137,6 +144,13 @@ impl StageBlock {
     /// The 1x1 and 3x3 `BasicConv`s.
     pub fn convs(&self) -> [&BasicConv; 2] {
         [&self.reduce, &self.expand]
+    }
+}
+
+/// candle's train/eval layer interface: [`StageBlock::forward_t`].
+impl ModuleT for StageBlock {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        StageBlock::forward_t(self, xs, train)
     }
 }
 
@@ -175,6 +189,13 @@ impl EluClassifier {
     }
 }
 
+/// candle's train/eval layer interface: [`EluClassifier::forward_t`].
+impl ModuleT for EluClassifier {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        EluClassifier::forward_t(self, xs, train)
+    }
+}
+
 /// Seeded inverted dropout, shared with the backbones (`fgvc_ops::Dropout`).
 pub use fgvc_ops::Dropout;
 
@@ -199,4 +220,74 @@ pub(crate) fn tapped_channels(
         )
     }
     Ok(stage_channels[stage_channels.len() - num_stages..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, ModuleT, Tensor};
+    use fgvc_ops::{ParamStore, Params};
+
+    use super::{BasicConv, EluClassifier, StageBlock, STAGE_BN};
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// The forward a caller generic over candle's layers gets.
+    fn through_module_t<M: ModuleT>(m: &M, x: &Tensor, train: bool) -> Tensor {
+        m.forward_t(x, train).unwrap()
+    }
+
+    /// Two copies of a layer from stores with the same seed: one run through [`ModuleT`], one through its own
+    /// `forward_t`, give the same outputs in training and eval (running statistics updated alike), and the
+    /// flag reaches the layer (training and eval outputs differ).
+    fn check_module_t<M: ModuleT>(
+        build: impl Fn(&Params) -> candle_core::Result<M>,
+        direct: impl Fn(&M, &Tensor, bool) -> candle_core::Result<Tensor>,
+        x: &Tensor,
+    ) {
+        let layer = || {
+            let store = ParamStore::new(11, DType::F32, &Device::Cpu);
+            (build(&store.root()).unwrap(), store)
+        };
+        let ((generic, generic_store), (own, own_store)) = (layer(), layer());
+        for train in [true, false, true, false] {
+            let a = through_module_t(&generic, x, train);
+            let b = direct(&own, x, train).unwrap();
+            assert_eq!(values(&a), values(&b), "train = {train}");
+        }
+        for name in generic_store.names() {
+            let (a, b) = (generic_store.get(&name), own_store.get(&name));
+            assert_eq!(
+                values(a.unwrap().as_tensor()),
+                values(b.unwrap().as_tensor()),
+                "{name}"
+            );
+        }
+        assert_ne!(
+            values(&through_module_t(&generic, x, true)),
+            values(&through_module_t(&generic, x, false))
+        );
+    }
+
+    #[test]
+    fn blocks_implement_module_t_as_their_train_and_eval_forward() {
+        let maps = Tensor::randn(0.5f32, 2., (2, 4, 5, 5), &Device::Cpu).unwrap();
+        check_module_t(
+            |p| BasicConv::new(4, 6, 3, 1, STAGE_BN, true, p),
+            BasicConv::forward_t,
+            &maps,
+        );
+        check_module_t(
+            |p| StageBlock::new(4, 8, 6, p),
+            StageBlock::forward_t,
+            &maps,
+        );
+        let features = Tensor::randn(0.5f32, 2., (4, 6), &Device::Cpu).unwrap();
+        check_module_t(
+            |p| EluClassifier::new(6, 8, 3, p),
+            EluClassifier::forward_t,
+            &features,
+        );
+    }
 }

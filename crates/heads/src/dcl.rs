@@ -17,19 +17,23 @@
 
 use candle_core::{Device, Module, Result, Tensor};
 use fgvc_ops::{global_avg_pool, relu, Conv2d, Conv2dConfig, Linear, Params};
+use serde::{Deserialize, Serialize};
 
-/// The discriminator's output space (the official `--cls_2` / `--cls_mul` options).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The discriminator's output space (the official `--cls_2` / `--cls_mul` options); `joint` or `binary` in
+/// a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SwapHead {
-    /// `cls_2`: 2 outputs, target 1 for an original image and 0 for a destroyed one (the paper's form).
-    Binary,
     /// `cls_2xmul`: 2C outputs, target `y` for an original image and `y + C` for a destroyed one; the official
     /// default for CUB, Cars and Aircraft.
     Joint,
+    /// `cls_2`: 2 outputs, target 1 for an original image and 0 for a destroyed one (the paper's form).
+    Binary,
 }
 
-/// The region-alignment head's form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The region-alignment head's form; `official` or `paper` in a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LocationHead {
     /// The code: `Convmask` 1x1 conv to 1 channel (with bias), average pool to N x N, tanh, flattened to
     /// (B, N*N); trained with L1 against a normalised region index (see [`official_law`]).

@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 
 use crate::params::Params;
-use candle_core::{Result, Tensor};
+use candle_core::{ModuleT, Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -89,6 +89,13 @@ impl Dropout {
     }
 }
 
+/// candle's train/eval layer interface: [`Dropout::forward_t`].
+impl ModuleT for Dropout {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        Dropout::forward_t(self, xs, train)
+    }
+}
+
 /// FNV-1a of `name` mixed with `seed` (the same construction as the store's parameter streams, offset so
 /// that a dropout stream never coincides with a parameter's).
 fn mix(seed: u64, name: &str) -> u64 {
@@ -141,5 +148,26 @@ mod tests {
             d.forward_t(&x, true).unwrap().to_vec1::<f32>().unwrap(),
             a[..1000].to_vec()
         );
+    }
+
+    /// The forward a caller generic over candle's layers gets.
+    fn through_module_t<M: ModuleT>(m: &M, x: &Tensor, train: bool) -> Vec<f32> {
+        m.forward_t(x, train).unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn module_t_is_the_train_and_eval_forward() {
+        let layer = || Dropout::with_seed(0.3, 5).unwrap();
+        let (generic, own) = (layer(), layer());
+        let x = Tensor::ones(1000, DType::F32, &Device::Cpu).unwrap();
+        for train in [true, false, true] {
+            assert_eq!(
+                through_module_t(&generic, &x, train),
+                own.forward_t(&x, train).unwrap().to_vec1::<f32>().unwrap(),
+                "train = {train}"
+            );
+        }
+        assert_ne!(through_module_t(&generic, &x, true), vec![1f32; 1000]);
+        assert_eq!(through_module_t(&generic, &x, false), vec![1f32; 1000]);
     }
 }

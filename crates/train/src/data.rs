@@ -33,7 +33,7 @@ pub fn open_split(config: &Config, split: Split) -> Result<Arc<dyn Dataset>> {
                 message: e.to_string(),
             })?;
     if kind == DatasetKind::Synthetic {
-        return Ok(Arc::new(Synthetic::new(data.synthetic.into(), split)?));
+        return Ok(Arc::new(Synthetic::new(data.synthetic, split)?));
     }
     let root = data.root.clone().ok_or_else(|| TrainError::Config {
         origin: "configuration".into(),

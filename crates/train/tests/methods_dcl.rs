@@ -6,7 +6,8 @@ mod methods_support;
 use candle_core::{Device, IndexOp, Tensor};
 use fgvc_augment::transforms::Normalize;
 use fgvc_augment::{permute_cells, RegionConfusion};
-use fgvc_train::methods::dcl::{Dcl, DclOptions, DclPrediction, LawKind, LocationKind, SwapKind};
+use fgvc_heads::dcl::{LocationHead, SwapHead};
+use fgvc_train::methods::dcl::{Dcl, DclOptions, DclPrediction, LawKind};
 use fgvc_train::optim::ZeroGrad;
 use fgvc_train::Method;
 use methods_support::*;
@@ -71,7 +72,7 @@ fn batch_interleaves_each_image_with_its_destroyed_copy() {
     // Binary discriminator: 1 for originals, 0 for destroyed copies.
     let binary = tiny_dcl(
         DclOptions {
-            swap: SwapKind::Binary,
+            swap: SwapHead::Binary,
             ..grid2()
         },
         1,
@@ -140,7 +141,7 @@ fn official_law_matches_brightness_and_exact_law_the_permutation() {
 fn paper_location_targets_are_row_and_column_of_the_source() {
     let dcl = tiny_dcl(
         DclOptions {
-            location: LocationKind::Paper,
+            location: LocationHead::Paper,
             rcm: fgvc_augment::RcmMode::Paper,
             ..grid2()
         },
@@ -171,7 +172,7 @@ fn paper_location_targets_are_row_and_column_of_the_source() {
     assert_eq!(cols, [1.0, 2.0, 1.0, 2.0]);
     // Paper head + official law is refused.
     let bad = DclOptions {
-        location: LocationKind::Paper,
+        location: LocationHead::Paper,
         law: Some(LawKind::Official),
         ..grid2()
     };

@@ -1,4 +1,4 @@
-//! `[data]`: the dataset, its transforms and batches, and the synthetic dataset's parameters.
+//! `[data]`: the dataset, its transforms and batches.
 
 use std::path::PathBuf;
 
@@ -21,51 +21,6 @@ fn default_augment() -> String {
     "pmg".into()
 }
 
-/// The synthetic dataset's parameters (`[data.synthetic]`); see [`fgvc_data::synthetic`].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SyntheticSection {
-    /// Number of classes.
-    pub classes: usize,
-    /// Image side in pixels.
-    pub image_size: u32,
-    /// Training images per class.
-    pub train_per_class: usize,
-    /// Validation images per class.
-    pub val_per_class: usize,
-    /// Test images per class.
-    pub test_per_class: usize,
-    /// Seed of the rendered images.
-    pub seed: u64,
-}
-
-impl Default for SyntheticSection {
-    fn default() -> Self {
-        let d = SyntheticConfig::default();
-        SyntheticSection {
-            classes: d.classes,
-            image_size: d.image_size,
-            train_per_class: d.train_per_class,
-            val_per_class: d.val_per_class,
-            test_per_class: d.test_per_class,
-            seed: d.seed,
-        }
-    }
-}
-
-impl From<SyntheticSection> for SyntheticConfig {
-    fn from(s: SyntheticSection) -> Self {
-        SyntheticConfig {
-            classes: s.classes,
-            image_size: s.image_size,
-            train_per_class: s.train_per_class,
-            val_per_class: s.val_per_class,
-            test_per_class: s.test_per_class,
-            seed: s.seed,
-        }
-    }
-}
-
 /// `[data]`: which dataset and how it is fed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,9 +31,9 @@ pub struct DataConfig {
     /// Root of a downloaded dataset (`data/CUB_200_2011`).
     #[serde(default)]
     pub root: Option<PathBuf>,
-    /// The synthetic dataset's parameters.
+    /// The synthetic dataset's parameters (`[data.synthetic]`); see [`fgvc_data::synthetic`].
     #[serde(default)]
-    pub synthetic: SyntheticSection,
+    pub synthetic: SyntheticConfig,
     /// Transform preset (`pmg`, `dcl`, `rmg`) applied at `resize`/`crop`, unless `train_pipeline` and
     /// `test_pipeline` are given.
     #[serde(default = "default_augment")]

@@ -33,7 +33,7 @@ mod validate;
 
 use serde::{Deserialize, Serialize};
 
-pub use data::{DataConfig, SyntheticSection};
+pub use data::DataConfig;
 pub use method::MethodConfig;
 pub use optim::{OptimConfig, OptimKind};
 pub use train::{Selection, TrainConfig};

@@ -40,28 +40,6 @@ use crate::model::ModelConfig;
 use crate::optim::{GroupSpec, ZeroGrad};
 use crate::registry::spec::{MethodDef, MethodSpec, Preset, Presets, Published};
 
-/// The discriminator's output space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SwapKind {
-    /// `cls_mul`: 2C outputs, targets `y` / `y + C` (the official runs).
-    #[default]
-    Joint,
-    /// `cls_2`: 2 outputs, targets 1 (original) / 0 (destroyed): the paper's discriminator.
-    Binary,
-}
-
-/// The region-alignment head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LocationKind {
-    /// The code's `Convmask`: 1 channel, tanh, L1 against the swap law.
-    #[default]
-    Official,
-    /// The paper's 2 x N x N (row, column) map, L1 against the true positions.
-    Paper,
-}
-
 /// Where the official location target of a destroyed image comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,9 +99,9 @@ pub struct DclOptions {
     /// RCM shuffle: `official` (the code's adjacent-pair shuffle) or `paper` (bounded by 2k).
     pub rcm: RcmMode,
     /// Discriminator: `joint` (`cls_mul`) or `binary` (`cls_2`).
-    pub swap: SwapKind,
+    pub swap: SwapHead,
     /// Region-alignment head: `official` or `paper`.
-    pub location: LocationKind,
+    pub location: LocationHead,
     /// Target of the official location head for destroyed images: `official` (default) or `exact`. The
     /// paper head always uses the true permutation.
     pub law: Option<LawKind>,
@@ -145,8 +123,8 @@ impl Default for DclOptions {
             grid: 7,
             k: 2,
             rcm: RcmMode::Official,
-            swap: SwapKind::Joint,
-            location: LocationKind::Official,
+            swap: SwapHead::Joint,
+            location: LocationHead::Official,
             law: None,
             alpha: 1.0,
             beta: 1.0,
@@ -169,7 +147,7 @@ impl DclOptions {
                 ),
             ));
         }
-        if self.location == LocationKind::Paper && self.law == Some(LawKind::Official) {
+        if self.location == LocationHead::Paper && self.law == Some(LawKind::Official) {
             return Err(option_error(
                 "law",
                 "the paper's location head is trained on the true permutation; law = \"official\" applies \
@@ -186,7 +164,7 @@ impl DclOptions {
     /// The effective target of the official location head.
     pub fn law_kind(&self) -> LawKind {
         match (self.location, self.law) {
-            (LocationKind::Paper, _) => LawKind::Exact,
+            (LocationHead::Paper, _) => LawKind::Exact,
             (_, Some(l)) => l,
             (_, None) => LawKind::Official,
         }
@@ -238,14 +216,8 @@ impl Dcl {
         let cfg = DclConfig {
             in_channels: *channels.last().unwrap_or(&0),
             num_classes,
-            swap: match options.swap {
-                SwapKind::Joint => SwapHead::Joint,
-                SwapKind::Binary => SwapHead::Binary,
-            },
-            location: match options.location {
-                LocationKind::Official => LocationHead::Official,
-                LocationKind::Paper => LocationHead::Paper,
-            },
+            swap: options.swap,
+            location: options.location,
             grid: options.grid,
         };
         let head = DclHead::new(cfg, &root.pp(HEAD_PREFIX))?;
@@ -321,19 +293,19 @@ impl Dcl {
             device,
         )?;
         let location = match (self.options.location, self.options.law_kind()) {
-            (LocationKind::Paper, _) => {
+            (LocationHead::Paper, _) => {
                 let perms: Vec<Vec<u32>> =
                     permutations.iter().map(|p| p.source_of.clone()).collect();
                 paper_location_targets(&perms, n, device)?
             }
-            (LocationKind::Official, LawKind::Exact) => {
+            (LocationHead::Official, LawKind::Exact) => {
                 let mut law = Vec::with_capacity(2 * b * n * n);
                 for p in &permutations {
                     law.extend(official_law(&p.source_of, n)?);
                 }
                 Tensor::from_vec(law, (2 * b, n * n), device)?
             }
-            (LocationKind::Official, LawKind::Official) => {
+            (LocationHead::Official, LawKind::Official) => {
                 let original = self
                     .normalize
                     .denormalize_tensor(images)

@@ -1,0 +1,87 @@
+//! What to render: the class count, image size, images per split and the seed, with their checks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::Split;
+use crate::error::{DataError, Result};
+
+/// What to render. As TOML or JSON every field is optional (missing ones take [`Default`]'s values) and
+/// unknown fields are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticConfig {
+    /// Number of classes (any number from 2 up).
+    pub classes: usize,
+    /// Width and height of the square images, in pixels (at least 16).
+    pub image_size: u32,
+    /// Training images per class.
+    pub train_per_class: usize,
+    /// Validation images per class (an independent set, not taken from the training images).
+    pub val_per_class: usize,
+    /// Test images per class.
+    pub test_per_class: usize,
+    /// The seed every image derives from.
+    pub seed: u64,
+}
+
+impl Default for SyntheticConfig {
+    /// 10 classes of 64x64 images, 100 training, 20 validation and 50 test images per class, seed 0.
+    fn default() -> Self {
+        SyntheticConfig {
+            classes: 10,
+            image_size: 64,
+            train_per_class: 100,
+            val_per_class: 20,
+            test_per_class: 50,
+            seed: 0,
+        }
+    }
+}
+
+impl SyntheticConfig {
+    /// Number of images of `split`.
+    pub fn len(&self, split: Split) -> usize {
+        self.classes
+            * match split {
+                Split::Train => self.train_per_class,
+                Split::Val => self.val_per_class,
+                Split::Test => self.test_per_class,
+            }
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
+        if self.classes < 2 {
+            return Err(DataError::Config(format!(
+                "synthetic dataset needs at least 2 classes, got {}",
+                self.classes
+            )));
+        }
+        if self.image_size < 16 {
+            return Err(DataError::Config(format!(
+                "synthetic image_size must be at least 16, got {}",
+                self.image_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::Synthetic;
+
+    #[test]
+    fn rejects_degenerate_configs() {
+        let bad = SyntheticConfig {
+            classes: 1,
+            ..Default::default()
+        };
+        assert!(Synthetic::new(bad, Split::Train).is_err());
+        let tiny = SyntheticConfig {
+            image_size: 8,
+            ..Default::default()
+        };
+        assert!(Synthetic::new(tiny, Split::Train).is_err());
+    }
+}
