@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod predict;
 pub mod recipe;
 pub mod run_dir;
 pub mod schedule;
