@@ -3,15 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::{Args, ValueEnum};
-use fgvc_data::{decode_image, Split};
-use fgvc_train::checkpoint;
+use fgvc_data::Split;
 use fgvc_train::data::{eval_loader, open_split};
 use fgvc_train::eval::evaluate;
-use fgvc_train::registry::build_method;
-use fgvc_train::{Config, Method, TrainOptions, Trainer};
-use rand::SeedableRng;
+use fgvc_train::predict::{image_files, ModelFiles, Predictor, Weights};
+use fgvc_train::run_dir::RunDir;
+use fgvc_train::{Config, TrainOptions, Trainer};
 
 /// The configuration `fgvc train` uses when no `--config` is given: the synthetic baseline.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../../configs/synthetic-baseline.toml");
@@ -163,47 +162,42 @@ pub struct EvalArgs {
     pub device: DeviceArg,
 }
 
-/// A method with the weights of a checkpoint, and its configuration.
-fn restore(
-    config: &Path,
-    checkpoint_path: &Path,
-    device: &Device,
-) -> Result<(Config, Box<dyn Method>)> {
-    let config = Config::load(config, &[])?;
+/// The model of `files`, its configuration's thread count pinned before the model is built.
+fn restore(files: &ModelFiles, device: &Device) -> Result<Predictor> {
+    let config = Config::load(&files.config, &[])?;
     pin_threads(&config);
-    let classes = open_split(&config, Split::Train)
-        .map(|d| d.num_classes())
-        .or_else(|_| open_split(&config, Split::Test).map(|d| d.num_classes()))?;
-    let method = build_method(&config, classes, device)?;
-    let ckpt = checkpoint::load(checkpoint_path, device)?;
-    checkpoint::apply_weights(method.store(), &ckpt.weights, true)
-        .with_context(|| format!("loading {}", checkpoint_path.display()))?;
-    Ok((config, method))
-}
-
-fn run_files(run: &Path, last: bool) -> (PathBuf, PathBuf) {
-    let ckpt = if last || !run.join("best.safetensors").exists() {
-        run.join("checkpoint-last.safetensors")
-    } else {
-        run.join("best.safetensors")
-    };
-    (run.join("config.toml"), ckpt)
+    Ok(Predictor::restore(config, &files.checkpoint, device)?)
 }
 
 /// Evaluates a checkpoint on a split and prints every named prediction's accuracy.
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let (config_path, ckpt) = match (&args.run, &args.checkpoint, &args.config) {
-        (Some(run), _, _) => run_files(run, args.last),
-        (None, Some(c), Some(cfg)) => (cfg.clone(), c.clone()),
+    let files = match (&args.run, &args.checkpoint, &args.config) {
+        (Some(run), _, _) => {
+            let weights = if args.last {
+                Weights::Last
+            } else {
+                Weights::Selected
+            };
+            ModelFiles::of_run(&RunDir::open(run)?, weights)
+        }
+        (None, Some(c), Some(cfg)) => ModelFiles {
+            config: cfg.clone(),
+            checkpoint: c.clone(),
+        },
         _ => bail!("give --run DIR, or --checkpoint FILE with --config FILE"),
     };
     let split: Split = args.split.parse()?;
     let device = device(args.device)?;
-    let (config, method) = restore(&config_path, &ckpt, &device)?;
-    let dataset = open_split(&config, split)?;
-    let loader = eval_loader(&config, dataset, &device)?;
-    let report = evaluate(&*method, &loader, split.as_str())?;
-    println!("{} on {}", ckpt.display(), loader.dataset().name());
+    let predictor = restore(&files, &device)?;
+    let config = predictor.config();
+    let dataset = open_split(config, split)?;
+    let loader = eval_loader(config, dataset, &device)?;
+    let report = evaluate(predictor.method(), &loader, split.as_str())?;
+    println!(
+        "{} on {}",
+        files.checkpoint.display(),
+        loader.dataset().name()
+    );
     print!("{report}");
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())
@@ -249,126 +243,32 @@ pub struct PredictArgs {
     pub device: DeviceArg,
 }
 
-fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-            {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            walk(p, &mut out)?;
-        } else {
-            out.push(p.clone());
-        }
-    }
-    if out.is_empty() {
-        bail!("no .jpg/.jpeg/.png image found in {paths:?}");
-    }
-    Ok(out)
-}
-
-/// One ranked class of one image.
-#[derive(serde::Serialize)]
-struct Ranked {
-    rank: usize,
-    class: usize,
-    name: String,
-    probability: f32,
-}
-
 /// Predicts the classes of images with a trained checkpoint.
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let (config_path, ckpt) = match (&args.run, &args.checkpoint) {
-        (Some(run), _) => {
-            let (cfg, ckpt) = run_files(run, false);
-            (args.config.clone().unwrap_or(cfg), ckpt)
-        }
-        (None, Some(c)) => {
-            let cfg = match &args.config {
-                Some(cfg) => cfg.clone(),
-                None => c.parent().unwrap_or(Path::new(".")).join("config.toml"),
-            };
-            (cfg, c.clone())
-        }
+    let files = match (&args.run, &args.checkpoint) {
+        (Some(run), _) => ModelFiles::of_run(&RunDir::open(run)?, Weights::Selected),
+        (None, Some(c)) => ModelFiles::beside(c),
         (None, None) => bail!("give --checkpoint FILE (with --config FILE unless it is in a run directory) or --run DIR"),
     };
-    if !config_path.exists() {
+    let files = ModelFiles {
+        config: args.config.clone().unwrap_or(files.config),
+        ..files
+    };
+    if !files.config.exists() {
         bail!(
             "{} not found: pass --config with the checkpoint's configuration",
-            config_path.display()
+            files.config.display()
         );
     }
     let device = device(args.device)?;
-    let (config, method) = restore(&config_path, &ckpt, &device)?;
-    let class_names: Vec<String> = open_split(&config, Split::Train)
-        .map(|d| d.class_names().to_vec())
-        .unwrap_or_default();
-    let (_, pipeline) = config.data.pipelines()?;
-    let images = collect_images(&args.images)?;
-    let mut results: Vec<(PathBuf, Vec<Ranked>)> = Vec::new();
-    // The evaluation pipeline is deterministic; the generator is only there to satisfy the interface.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    for chunk in images.chunks(
-        config
-            .data
-            .eval_batch_size
-            .unwrap_or(config.data.batch_size)
-            .max(1),
-    ) {
-        let mut data = Vec::new();
-        let mut shape = (0, 0);
-        for path in chunk {
-            let img = decode_image(path, "predict")?;
-            let transformed = pipeline.apply(img, &mut rng)?;
-            shape = (transformed.height() as usize, transformed.width() as usize);
-            data.extend(pipeline.normalize.to_chw(&transformed));
-        }
-        let x = Tensor::from_vec(data, (chunk.len(), 3, shape.0, shape.1), &device)?;
-        let preds = method.predict(&x)?;
-        let (_, logits) = preds.main()?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(candle_core::DType::F32)?)?
-            .to_vec2::<f32>()?;
-        for (path, row) in chunk.iter().zip(probs) {
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            let ranked = order
-                .into_iter()
-                .take(args.topk.max(1))
-                .enumerate()
-                .map(|(rank, class)| Ranked {
-                    rank: rank + 1,
-                    class,
-                    name: class_names
-                        .get(class)
-                        .cloned()
-                        .unwrap_or_else(|| format!("class {class}")),
-                    probability: row[class],
-                })
-                .collect();
-            results.push((path.clone(), ranked));
-        }
-    }
+    let predictor = restore(&files, &device)?;
+    let images = image_files(&args.images)?;
+    let results = predictor.predict_images(&images, args.topk.max(1))?;
     match args.format {
         Format::Table => {
-            for (path, ranked) in &results {
-                println!("{}", path.display());
-                for r in ranked {
+            for p in &results {
+                println!("{}", p.image.display());
+                for r in &p.top {
                     println!(
                         "  {:>2}. {:>6.2}%  [{}] {}",
                         r.rank,
@@ -381,11 +281,11 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         }
         Format::Csv => {
             println!("image,rank,class,name,probability");
-            for (path, ranked) in &results {
-                for r in ranked {
+            for p in &results {
+                for r in &p.top {
                     println!(
                         "{},{},{},\"{}\",{}",
-                        path.display(),
+                        p.image.display(),
                         r.rank,
                         r.class,
                         r.name.replace('"', "\"\""),
@@ -397,7 +297,9 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         Format::Json => {
             let doc: Vec<serde_json::Value> = results
                 .iter()
-                .map(|(p, r)| serde_json::json!({ "image": p.display().to_string(), "top": r }))
+                .map(
+                    |p| serde_json::json!({ "image": p.image.display().to_string(), "top": p.top }),
+                )
                 .collect();
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }

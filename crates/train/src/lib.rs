@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod predict;
 pub mod registry;
 pub mod run_dir;
 pub mod schedule;

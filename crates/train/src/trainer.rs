@@ -5,15 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use fgvc_data::Loader;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use fgvc_data::{Batch, Loader};
 
 use crate::checkpoint::{self, BestScore, TrainerState};
 use crate::config::{Config, Selection};
 use crate::data::{eval_loader, open_splits, train_loader, Splits};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate, EvalReport};
-use crate::method::{Accumulator, Method, StepContext};
+use crate::method::{Accumulator, Method, StepContext, StepStats};
 use crate::metrics::{MetricsLog, Record};
 use crate::optim::build_optimizer;
 use crate::optim::Optimizer;
@@ -21,6 +20,12 @@ use crate::plot::run_charts;
 use crate::registry::build_method;
 use crate::run_dir::{atomic_write, RunDir};
 use crate::schedule::Schedule;
+
+mod interval;
+mod progress;
+
+use interval::IntervalStats;
+use progress::Bars;
 
 /// How a run starts.
 #[derive(Debug, Clone, Default)]
@@ -208,6 +213,16 @@ impl Trainer {
         )
     }
 
+    /// Saves the selected weights (and the state as it is) as `best.safetensors`.
+    fn save_best(&self) -> Result<()> {
+        checkpoint::save(
+            &self.run.best_checkpoint(),
+            self.method.store(),
+            None,
+            Some(&self.state),
+        )
+    }
+
     fn write_plots(&self) -> Result<()> {
         for (name, svg) in run_charts(self.log.records()) {
             atomic_write(&self.run.plot(name), svg.as_bytes())?;
@@ -231,10 +246,7 @@ impl Trainer {
         let start = Instant::now();
         let epochs = self.config.train.epochs;
         let ipe = self.train.num_batches();
-        let every_ckpt = self.config.train.checkpoint_every_steps;
-        let log_every = self.config.train.log_every_steps.max(1);
         let bars = Bars::new(self.options.progress, epochs, ipe, self.state.epoch);
-        let mut last_ckpt_step = self.state.step;
         tracing::info!(
             "training {} ({} parameters) for {epochs} epochs of {ipe} batches of {} on {}; run directory {}",
             self.method.name(),
@@ -245,149 +257,9 @@ impl Trainer {
         );
         while self.state.epoch < epochs && !self.state.finished {
             let epoch = self.state.epoch;
-            self.optimizer.groups_mut().apply_freezing(epoch);
-            let skip = self.state.batch_in_epoch;
-            bars.start_epoch(epoch, skip);
-            let (mut loss_sum, mut correct, mut seen, mut steps_in_interval) =
-                (0.0, 0usize, 0usize, 0u64);
-            let (mut epoch_loss, mut epoch_correct, mut epoch_seen) = (0.0, 0usize, 0usize);
-            let mut interval_start = Instant::now();
-            let epoch_start = Instant::now();
-            for (b, batch) in self.train.epoch(epoch as u64).enumerate() {
-                if b < skip {
-                    continue;
-                }
-                let batch = batch?;
-                let factor = self.schedule.factor(epoch as u64, b as u64);
-                self.optimizer.groups_mut().set_lr_factor(factor);
-                let flush = (b + 1) % self.accumulator.every() == 0 || b + 1 == ipe;
-                let mut ctx = StepContext::new(
-                    &mut *self.optimizer,
-                    &mut self.accumulator,
-                    self.config.optim.clip_grad_norm,
-                    flush,
-                    self.config.seed,
-                    epoch,
-                    self.state.step,
-                );
-                let stats = self.method.train_step(&batch, &mut ctx)?;
-                if !stats.loss.is_finite() {
-                    return Err(TrainError::NonFiniteLoss {
-                        epoch,
-                        step: self.state.step,
-                        value: stats.loss,
-                    });
-                }
-                self.state.step += 1;
-                self.state.batch_in_epoch = b + 1;
-                loss_sum += stats.loss;
-                correct += stats.correct;
-                seen += stats.count;
-                steps_in_interval += 1;
-                epoch_loss += stats.loss;
-                epoch_correct += stats.correct;
-                epoch_seen += stats.count;
-                bars.batch(
-                    stats.loss,
-                    epoch_correct as f64 / epoch_seen.max(1) as f64,
-                    seen,
-                    interval_start,
-                );
-                if self.state.step % log_every == 0 || b + 1 == ipe {
-                    let (lr, lrs) = self.lr_record();
-                    self.log.append(Record {
-                        kind: "train".into(),
-                        epoch,
-                        step: self.state.step,
-                        lr,
-                        lrs: Some(lrs),
-                        loss: Some(loss_sum / steps_in_interval as f64),
-                        train_acc: Some(correct as f64 / seen.max(1) as f64),
-                        images_per_sec: Some(
-                            seen as f64 / interval_start.elapsed().as_secs_f64().max(1e-9),
-                        ),
-                        ..Default::default()
-                    })?;
-                    (loss_sum, correct, seen, steps_in_interval) = (0.0, 0, 0, 0);
-                    interval_start = Instant::now();
-                }
-                if every_ckpt > 0
-                    && self.state.step - last_ckpt_step >= every_ckpt
-                    && self.accumulator.is_empty()
-                    && b + 1 < ipe
-                {
-                    self.save_last()?;
-                    last_ckpt_step = self.state.step;
-                }
-                if self.options.stop_after_steps == Some(self.state.step) {
-                    bars.finish();
-                    return Err(TrainError::Stopped {
-                        step: self.state.step,
-                    });
-                }
-            }
-            // End of epoch: evaluate, select, checkpoint.
-            let epoch_seconds = epoch_start.elapsed().as_secs_f64();
-            let train_loss = epoch_loss / (ipe - skip).max(1) as f64;
-            let train_acc = epoch_correct as f64 / epoch_seen.max(1) as f64;
-            self.log.append(Record {
-                kind: "epoch".into(),
-                epoch,
-                step: self.state.step,
-                loss: Some(train_loss),
-                train_acc: Some(train_acc),
-                images_per_sec: Some(epoch_seen as f64 / epoch_seconds.max(1e-9)),
-                seconds: Some(epoch_seconds),
-                ..Default::default()
-            })?;
-            let mut line = format!(
-                "epoch {}/{epochs}: train loss {train_loss:.4}, train acc {:.2}%, {epoch_seconds:.1} s",
-                epoch + 1,
-                100.0 * train_acc
-            );
-            if let Some((split, loader)) = &self.select_loader {
-                let report = evaluate(&*self.method, loader, split)?;
-                let main = report.main();
-                line.push_str(&format!(", {split} top-1 {:.2}%", 100.0 * main.top1));
-                self.log
-                    .append(eval_record(&report, epoch, self.state.step))?;
-                let improves = match (&self.state.best, self.config.train.select) {
-                    (_, Selection::Last) => false,
-                    (None, _) => true,
-                    (Some(b), _) => main.top1 > b.score,
-                };
-                if improves {
-                    let best = BestScore {
-                        epoch,
-                        score: main.top1,
-                        split: split.clone(),
-                    };
-                    self.state.best = Some(best);
-                    checkpoint::save(
-                        &self.run.best_checkpoint(),
-                        self.method.store(),
-                        None,
-                        Some(&self.state),
-                    )?;
-                }
-            }
-            self.state.epoch = epoch + 1;
-            self.state.batch_in_epoch = 0;
-            if self.state.epoch == epochs {
-                self.state.finished = true;
-            }
-            if self.config.train.select == Selection::Last {
-                checkpoint::save(
-                    &self.run.best_checkpoint(),
-                    self.method.store(),
-                    None,
-                    Some(&self.state),
-                )?;
-            }
-            self.save_last()?;
-            last_ckpt_step = self.state.step;
-            self.write_plots()?;
-            bars.end_epoch(&line);
+            let batches = ipe - self.state.batch_in_epoch;
+            let trained = self.train_epoch(epoch, &bars)?;
+            self.end_epoch(epoch, &trained, batches, &bars)?;
         }
         bars.finish();
         let test = if self.config.train.final_test {
@@ -404,6 +276,168 @@ impl Trainer {
             protocol: protocol_label(self.config.train.select).to_string(),
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Trains the batches of `epoch` that are left (a resumed run skips those it trained before it stopped),
+    /// appends a `train` record every `train.log_every_steps` steps and at the last batch, and saves the last
+    /// checkpoint every `train.checkpoint_every_steps` steps. Returns the statistics of the batches trained.
+    fn train_epoch(&mut self, epoch: usize, bars: &Bars) -> Result<IntervalStats> {
+        let ipe = self.train.num_batches();
+        let every_ckpt = self.config.train.checkpoint_every_steps;
+        let log_every = self.config.train.log_every_steps.max(1);
+        self.optimizer.groups_mut().apply_freezing(epoch);
+        let skip = self.state.batch_in_epoch;
+        bars.start_epoch(skip);
+        let mut last_ckpt_step = self.state.step;
+        let mut interval = IntervalStats::start();
+        let mut trained = IntervalStats::start();
+        for (b, batch) in self.train.epoch(epoch as u64).enumerate() {
+            if b < skip {
+                continue;
+            }
+            let stats = self.train_batch(epoch, b, &batch?)?;
+            interval.add(&stats);
+            trained.add(&stats);
+            bars.batch(stats.loss, trained.accuracy(), &interval);
+            let last_batch = b + 1 == ipe;
+            if self.state.step % log_every == 0 || last_batch {
+                self.log_interval(epoch, &interval)?;
+                interval = IntervalStats::start();
+            }
+            if every_ckpt > 0
+                && self.state.step - last_ckpt_step >= every_ckpt
+                && self.accumulator.is_empty()
+                && !last_batch
+            {
+                self.save_last()?;
+                last_ckpt_step = self.state.step;
+            }
+            if self.options.stop_after_steps == Some(self.state.step) {
+                bars.finish();
+                return Err(TrainError::Stopped {
+                    step: self.state.step,
+                });
+            }
+        }
+        Ok(trained)
+    }
+
+    /// One training step on batch `b` of `epoch`, at the scheduled learning rate; the optimiser steps when
+    /// the accumulated gradients are due (or at the epoch's last batch). Refuses a non-finite loss.
+    fn train_batch(&mut self, epoch: usize, b: usize, batch: &Batch) -> Result<StepStats> {
+        let factor = self.schedule.factor(epoch as u64, b as u64);
+        self.optimizer.groups_mut().set_lr_factor(factor);
+        let flush = (b + 1) % self.accumulator.every() == 0 || b + 1 == self.train.num_batches();
+        let mut ctx = StepContext::new(
+            &mut *self.optimizer,
+            &mut self.accumulator,
+            self.config.optim.clip_grad_norm,
+            flush,
+            self.config.seed,
+            epoch,
+            self.state.step,
+        );
+        let stats = self.method.train_step(batch, &mut ctx)?;
+        if !stats.loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                epoch,
+                step: self.state.step,
+                value: stats.loss,
+            });
+        }
+        self.state.step += 1;
+        self.state.batch_in_epoch = b + 1;
+        Ok(stats)
+    }
+
+    /// Appends the `train` record of the steps of `interval`, with the learning rates now.
+    fn log_interval(&mut self, epoch: usize, interval: &IntervalStats) -> Result<()> {
+        let (lr, lrs) = self.lr_record();
+        self.log.append(Record {
+            kind: "train".into(),
+            epoch,
+            step: self.state.step,
+            lr,
+            lrs: Some(lrs),
+            loss: Some(interval.loss()),
+            train_acc: Some(interval.accuracy()),
+            images_per_sec: Some(interval.images_per_sec(interval.seconds())),
+            ..Default::default()
+        })
+    }
+
+    /// Ends `epoch`, which had `batches` batches left to train and trained them with the statistics
+    /// `trained`: appends its `epoch` record (the mean loss is over `batches`, even when a loader that skips
+    /// bad samples yielded fewer), evaluates and selects, moves the state to the next epoch, saves the
+    /// checkpoints and redraws the plots.
+    fn end_epoch(
+        &mut self,
+        epoch: usize,
+        trained: &IntervalStats,
+        batches: usize,
+        bars: &Bars,
+    ) -> Result<()> {
+        let seconds = trained.seconds();
+        let (train_loss, train_acc) = (trained.loss_over(batches), trained.accuracy());
+        self.log.append(Record {
+            kind: "epoch".into(),
+            epoch,
+            step: self.state.step,
+            loss: Some(train_loss),
+            train_acc: Some(train_acc),
+            images_per_sec: Some(trained.images_per_sec(seconds)),
+            seconds: Some(seconds),
+            ..Default::default()
+        })?;
+        let mut line = format!(
+            "epoch {}/{}: train loss {train_loss:.4}, train acc {:.2}%, {seconds:.1} s",
+            epoch + 1,
+            self.config.train.epochs,
+            100.0 * train_acc
+        );
+        if let Some(selection) = self.select(epoch)? {
+            line.push_str(&selection);
+        }
+        self.state.epoch = epoch + 1;
+        self.state.batch_in_epoch = 0;
+        if self.state.epoch == self.config.train.epochs {
+            self.state.finished = true;
+        }
+        if self.config.train.select == Selection::Last {
+            // Every epoch's weights are the selected ones, saved with the state after the epoch.
+            self.save_best()?;
+        }
+        self.save_last()?;
+        self.write_plots()?;
+        bars.end_epoch(&line);
+        Ok(())
+    }
+
+    /// Evaluates the selection split (validation, or test under the papers' protocol) after `epoch`,
+    /// appends the `eval` record and, when the top-1 beats the best so far, selects this epoch's weights and
+    /// saves them as `best.safetensors`. Returns the evaluation's part of the epoch line.
+    fn select(&mut self, epoch: usize) -> Result<Option<String>> {
+        let Some((split, loader)) = &self.select_loader else {
+            return Ok(None);
+        };
+        let report = evaluate(&*self.method, loader, split)?;
+        let top1 = report.main().top1;
+        self.log
+            .append(eval_record(&report, epoch, self.state.step))?;
+        let improves = match (&self.state.best, self.config.train.select) {
+            (_, Selection::Last) => false,
+            (None, _) => true,
+            (Some(b), _) => top1 > b.score,
+        };
+        if improves {
+            self.state.best = Some(BestScore {
+                epoch,
+                score: top1,
+                split: split.clone(),
+            });
+            self.save_best()?;
+        }
+        Ok(Some(format!(", {split} top-1 {:.2}%", 100.0 * top1)))
     }
 
     /// Loads the selected weights (`best.safetensors`) and evaluates the test split; writes
@@ -454,67 +488,5 @@ fn eval_record(report: &EvalReport, epoch: usize, step: u64) -> Record {
                 .collect(),
         ),
         ..Default::default()
-    }
-}
-
-/// The epoch and batch progress bars (hidden when stderr is not a terminal or progress is off).
-struct Bars {
-    multi: MultiProgress,
-    epochs: ProgressBar,
-    batches: ProgressBar,
-}
-
-impl Bars {
-    fn new(show: bool, epochs: usize, ipe: usize, start_epoch: usize) -> Self {
-        let target = if show {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let multi = MultiProgress::with_draw_target(target);
-        let epochs_bar = multi.add(ProgressBar::new(epochs as u64));
-        epochs_bar.set_style(
-            ProgressStyle::with_template(
-                "epoch {pos}/{len} [{wide_bar}] elapsed {elapsed_precise} eta {eta_precise}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        epochs_bar.set_position(start_epoch as u64);
-        let batches = multi.add(ProgressBar::new(ipe as u64));
-        batches.set_style(
-            ProgressStyle::with_template("batch {pos}/{len} [{bar:30}] {msg} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        Bars {
-            multi,
-            epochs: epochs_bar,
-            batches,
-        }
-    }
-
-    fn start_epoch(&self, _epoch: usize, skip: usize) {
-        self.batches.reset();
-        self.batches.set_position(skip as u64);
-    }
-
-    fn batch(&self, loss: f64, acc: f64, seen: usize, since: Instant) {
-        let rate = seen as f64 / since.elapsed().as_secs_f64().max(1e-9);
-        self.batches.set_message(format!(
-            "loss {loss:.4} acc {:.1}% {rate:.0} img/s",
-            100.0 * acc
-        ));
-        self.batches.inc(1);
-    }
-
-    fn end_epoch(&self, line: &str) {
-        self.multi.suspend(|| tracing::info!("{line}"));
-        self.epochs.inc(1);
-    }
-
-    fn finish(&self) {
-        self.batches.finish_and_clear();
-        self.epochs.finish_and_clear();
     }
 }

@@ -1,0 +1,332 @@
+//! Inference with a trained model: a method restored from a run directory (or a checkpoint and its
+//! configuration) classifies image files through the run's evaluation pipeline, ranking the classes of each
+//! image by softmax probability. `fgvc predict` and `fgvc eval` are this module on the command line.
+//!
+//! ```no_run
+//! use candle_core::Device;
+//! use fgvc_train::predict::{image_files, ModelFiles, Predictor, Weights};
+//! use fgvc_train::run_dir::RunDir;
+//!
+//! let run = RunDir::open("runs/synthetic-baseline")?;
+//! let predictor = Predictor::open(&ModelFiles::of_run(&run, Weights::Selected), &Device::Cpu)?;
+//! let images = image_files(&["images/".into()])?;
+//! for prediction in predictor.predict_images(&images, 5)? {
+//!     let best = &prediction.top[0];
+//!     println!("{}: {} ({:.1}%)", prediction.image.display(), best.name, 100.0 * best.probability);
+//! }
+//! # Ok::<(), fgvc_train::TrainError>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use fgvc_augment::transforms::Pipeline;
+use fgvc_data::{decode_image, Split};
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::checkpoint;
+use crate::config::Config;
+use crate::data::open_split;
+use crate::error::{Result, TrainError};
+use crate::method::Method;
+use crate::registry::build_method;
+use crate::run_dir::RunDir;
+
+/// Which weights of a run directory to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// The selected weights (`best.safetensors`), or the last ones when the run selected none.
+    #[default]
+    Selected,
+    /// The weights of the last checkpoint (`checkpoint-last.safetensors`).
+    Last,
+}
+
+/// The two files a trained model is restored from: the configuration it was trained with and a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// The run configuration (`config.toml`).
+    pub config: PathBuf,
+    /// The checkpoint holding the weights.
+    pub checkpoint: PathBuf,
+}
+
+impl ModelFiles {
+    /// The `config.toml` of `run` and its `weights`.
+    pub fn of_run(run: &RunDir, weights: Weights) -> Self {
+        let best = run.best_checkpoint();
+        let checkpoint = if weights == Weights::Last || !best.exists() {
+            run.last_checkpoint()
+        } else {
+            best
+        };
+        ModelFiles {
+            config: run.config(),
+            checkpoint,
+        }
+    }
+
+    /// A checkpoint file with the `config.toml` beside it (the run directory it was saved in).
+    pub fn beside(checkpoint: impl Into<PathBuf>) -> Self {
+        let checkpoint = checkpoint.into();
+        let config = checkpoint
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("config.toml");
+        ModelFiles { config, checkpoint }
+    }
+}
+
+/// One class of an image's ranking.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranked {
+    /// 1 for the most probable class.
+    pub rank: usize,
+    /// The class index.
+    pub class: usize,
+    /// The class name (`class <index>` when the training split, and so its names, cannot be opened).
+    pub name: String,
+    /// The softmax probability of the class under the main prediction.
+    pub probability: f32,
+}
+
+/// The ranked classes of one image file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePrediction {
+    /// The image file.
+    pub image: PathBuf,
+    /// Its most probable classes, most probable first.
+    pub top: Vec<Ranked>,
+}
+
+/// A trained model ready to classify images: the method with the checkpoint's weights, the configuration it
+/// was trained with, and the names of its classes.
+pub struct Predictor {
+    config: Config,
+    method: Box<dyn Method>,
+    class_names: Vec<String>,
+}
+
+impl Predictor {
+    /// Loads the configuration of `files` and restores the model (see [`Predictor::restore`]).
+    pub fn open(files: &ModelFiles, device: &Device) -> Result<Self> {
+        let config = Config::load(&files.config, &[])?;
+        Self::restore(config, &files.checkpoint, device)
+    }
+
+    /// Builds the method `config` describes on `device` and loads the weights of `checkpoint` into it. The
+    /// number of classes and their names come from the configured training split (the number from the
+    /// test split when the training split cannot be opened, the names then being `class <index>`).
+    pub fn restore(config: Config, checkpoint: &Path, device: &Device) -> Result<Self> {
+        let train = open_split(&config, Split::Train);
+        let classes = match &train {
+            Ok(d) => d.num_classes(),
+            Err(_) => open_split(&config, Split::Test)?.num_classes(),
+        };
+        let method = build_method(&config, classes, device)?;
+        let ckpt = checkpoint::load(checkpoint, device)?;
+        checkpoint::apply_weights(method.store(), &ckpt.weights, true)
+            .map_err(|e| TrainError::checkpoint(checkpoint, e.to_string()))?;
+        let class_names = train.map(|d| d.class_names().to_vec()).unwrap_or_default();
+        Ok(Predictor {
+            config,
+            method,
+            class_names,
+        })
+    }
+
+    /// The configuration the model was trained with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The restored method.
+    pub fn method(&self) -> &dyn Method {
+        &*self.method
+    }
+
+    /// The name of class `class`.
+    pub fn class_name(&self, class: usize) -> String {
+        self.class_names
+            .get(class)
+            .cloned()
+            .unwrap_or_else(|| format!("class {class}"))
+    }
+
+    /// Images per forward pass: the configured evaluation batch size.
+    pub fn batch_size(&self) -> usize {
+        let data = &self.config.data;
+        data.eval_batch_size.unwrap_or(data.batch_size).max(1)
+    }
+
+    /// Decodes image files and stacks them, through the run's evaluation pipeline, into one batch
+    /// `(n, 3, height, width)` on the model's device, as the evaluation loader would.
+    pub fn load_images(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        let (_, pipeline) = self.config.data.pipelines()?;
+        self.stack(&pipeline, paths)
+    }
+
+    fn stack(&self, pipeline: &Pipeline, paths: &[PathBuf]) -> Result<Tensor> {
+        // The evaluation pipeline is deterministic; the generator is only there to satisfy the interface.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut data = Vec::new();
+        let mut shape = (0, 0);
+        for path in paths {
+            let img = decode_image(path, "predict")?;
+            let transformed = pipeline
+                .apply(img, &mut rng)
+                .map_err(|e| TrainError::Msg(e.to_string()))?;
+            shape = (transformed.height() as usize, transformed.width() as usize);
+            data.extend(pipeline.normalize.to_chw(&transformed));
+        }
+        let device = self.method.store().device();
+        Ok(Tensor::from_vec(
+            data,
+            (paths.len(), 3, shape.0, shape.1),
+            device,
+        )?)
+    }
+
+    /// The softmax probabilities of the classes of each image of `images` `(n, 3, height, width)` under the
+    /// method's main prediction, one row per image.
+    pub fn probabilities(&self, images: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let predictions = self.method.predict(images)?;
+        let (_, logits) = predictions.main()?;
+        let probabilities = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+        Ok(probabilities.to_vec2::<f32>()?)
+    }
+
+    /// Classifies image files in batches of [`Predictor::batch_size`]: each image's `k` most probable classes
+    /// (all of them when there are fewer), most probable first.
+    pub fn predict_images(&self, paths: &[PathBuf], k: usize) -> Result<Vec<ImagePrediction>> {
+        let (_, pipeline) = self.config.data.pipelines()?;
+        let mut out = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(self.batch_size()) {
+            let probabilities = self.probabilities(&self.stack(&pipeline, chunk)?)?;
+            for (path, row) in chunk.iter().zip(probabilities) {
+                let top = top_k(&row, k)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(rank, class)| Ranked {
+                        rank: rank + 1,
+                        class,
+                        name: self.class_name(class),
+                        probability: row[class],
+                    })
+                    .collect();
+                out.push(ImagePrediction {
+                    image: path.clone(),
+                    top,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The indices of the `k` largest `scores` (all of them when there are fewer), largest first; equal scores
+/// in index order.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
+}
+
+/// The image files among `paths`: a file as given, a directory searched recursively (in name order) for
+/// `.jpg`, `.jpeg` and `.png` files, in any letter case. An error when none is found.
+pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| TrainError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+            {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    if out.is_empty() {
+        return Err(TrainError::Msg(format!(
+            "no .jpg/.jpeg/.png image found in {paths:?}"
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_limited_and_breaks_ties_by_index() {
+        let scores = [0.1, 0.4, 0.1, 0.4, 0.0];
+        assert_eq!(top_k(&scores, 3), [1, 3, 0]);
+        assert_eq!(top_k(&scores, 9), [1, 3, 0, 2, 4]);
+        assert!(top_k(&scores, 0).is_empty());
+    }
+
+    #[test]
+    fn image_files_walk_directories_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("b");
+        std::fs::create_dir(&sub).unwrap();
+        for f in ["c.PNG", "a.jpg", "notes.txt", "b/d.jpeg"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        // A file given by name is taken whatever its extension.
+        let loose = dir.path().join("notes.txt");
+        let found = image_files(&[dir.path().to_path_buf(), loose.clone()]).unwrap();
+        let expected = [
+            dir.path().join("a.jpg"),
+            sub.join("d.jpeg"),
+            dir.path().join("c.PNG"),
+            loose,
+        ];
+        assert_eq!(found, expected);
+        std::fs::remove_file(sub.join("d.jpeg")).unwrap();
+        let err = image_files(std::slice::from_ref(&sub)).unwrap_err().to_string();
+        assert!(err.contains("no .jpg/.jpeg/.png image"), "{err}");
+    }
+
+    #[test]
+    fn model_files_of_a_run_prefer_the_selected_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        std::fs::write(run.last_checkpoint(), b"").unwrap();
+        let run = RunDir::open(run.root()).unwrap();
+        let last = ModelFiles::of_run(&run, Weights::Selected);
+        assert_eq!(last.checkpoint, run.last_checkpoint());
+        std::fs::write(run.best_checkpoint(), b"").unwrap();
+        let selected = ModelFiles::of_run(&run, Weights::Selected);
+        assert_eq!(selected.checkpoint, run.best_checkpoint());
+        assert_eq!(selected.config, run.config());
+        let last = ModelFiles::of_run(&run, Weights::Last);
+        assert_eq!(last.checkpoint, run.last_checkpoint());
+        assert_eq!(
+            ModelFiles::beside(run.best_checkpoint()),
+            ModelFiles {
+                config: run.config(),
+                checkpoint: run.best_checkpoint()
+            }
+        );
+    }
+}

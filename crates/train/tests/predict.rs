@@ -1,0 +1,139 @@
+//! The predict API on a tiny run trained for one epoch: restored from its run directory, it classifies image
+//! files through the evaluation pipeline with the trained method's softmax, ranked and limited to k classes.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use fgvc_data::Split;
+use fgvc_train::data::{eval_loader, open_split};
+use fgvc_train::predict::{ModelFiles, Predictor, Weights};
+use fgvc_train::run_dir::RunDir;
+use fgvc_train::{Config, TrainOptions, Trainer};
+
+/// 4 classes of 32x32 birds, 16 training images, a ResNet-18 layout 4 channels wide, one epoch; evaluation
+/// batches of 3, so that 5 images are predicted in a full and a partial batch.
+fn tiny() -> Config {
+    let sets: Vec<String> = [
+        "data.synthetic.classes=4",
+        "data.synthetic.image_size=32",
+        "data.synthetic.train_per_class=4",
+        "data.synthetic.val_per_class=2",
+        "data.synthetic.test_per_class=2",
+        "data.batch_size=8",
+        "data.eval_batch_size=3",
+        "data.threads=1",
+        "model.base_width=4",
+        "train.epochs=1",
+        "train.final_test=false",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Config::parse("", "tiny", &sets).unwrap()
+}
+
+/// The softmax of `logits`, in f64.
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+#[test]
+fn predictions_of_a_restored_run_are_the_trained_methods_softmax_ranked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("run");
+    let config = tiny();
+    let mut trainer =
+        Trainer::new(config.clone(), &root, &Device::Cpu, TrainOptions::default()).unwrap();
+    trainer.run().unwrap();
+    // One epoch: the selected weights are the trained ones, which the trainer's method still holds.
+    let trained = trainer.method();
+
+    // Five test images as PNG files.
+    let test = open_split(&config, Split::Test).unwrap();
+    let paths: Vec<PathBuf> = (0..5)
+        .map(|i| {
+            let path = dir.path().join(format!("bird{i}.png"));
+            test.load(i).unwrap().save(&path).unwrap();
+            path
+        })
+        .collect();
+
+    let run = RunDir::open(&root).unwrap();
+    let files = ModelFiles::of_run(&run, Weights::Selected);
+    assert_eq!(files.checkpoint, run.best_checkpoint());
+    let predictor = Predictor::open(&files, &Device::Cpu).unwrap();
+    assert_eq!(predictor.batch_size(), 3);
+
+    // The files are batched as the evaluation loader batches the dataset.
+    let x = predictor.load_images(&paths[..3]).unwrap();
+    let loader = eval_loader(&config, test.clone(), &Device::Cpu).unwrap();
+    let batch = loader.epoch(0).next().unwrap().unwrap();
+    assert_eq!(x.dims(), batch.images.dims());
+    let (a, b) = (
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        batch
+            .images
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+    );
+    assert_eq!(a, b);
+
+    // Every image's probabilities are the softmax of the trained method's main logits.
+    let x = predictor.load_images(&paths).unwrap();
+    let logits = trained.predict(&x).unwrap().main().unwrap().1.clone();
+    let expected: Vec<Vec<f64>> = logits
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .map(|row| softmax(row))
+        .collect();
+    let probabilities = predictor.probabilities(&x).unwrap();
+    assert_eq!(probabilities.len(), 5);
+    for (row, want) in probabilities.iter().zip(&expected) {
+        for (p, w) in row.iter().zip(want) {
+            assert!((*p as f64 - w).abs() < 1e-6, "{row:?} vs {want:?}");
+        }
+    }
+
+    let names = open_split(&config, Split::Train)
+        .unwrap()
+        .class_names()
+        .to_vec();
+    for k in [1, 3, 4, 9] {
+        let predictions = predictor.predict_images(&paths, k).unwrap();
+        assert_eq!(predictions.len(), 5);
+        for ((prediction, path), want) in predictions.iter().zip(&paths).zip(&expected) {
+            assert_eq!(&prediction.image, path);
+            assert_eq!(prediction.top.len(), k.min(4), "top-{k}");
+            for (i, r) in prediction.top.iter().enumerate() {
+                assert_eq!(r.rank, i + 1);
+                assert_eq!(r.name, names[r.class]);
+                assert!((r.probability as f64 - want[r.class]).abs() < 1e-6);
+                // Sorted, and no class is more probable than one ranked above it.
+                if let Some(next) = prediction.top.get(i + 1) {
+                    assert!(r.probability >= next.probability);
+                }
+                let better = want.iter().filter(|&&p| p > want[r.class] + 1e-6).count();
+                assert!(
+                    better <= i,
+                    "class {} ranked {} of {want:?}",
+                    r.class,
+                    r.rank
+                );
+            }
+        }
+        if k >= 4 {
+            let total: f32 = predictions[0].top.iter().map(|r| r.probability).sum();
+            assert!((total - 1.0).abs() < 1e-5, "all classes sum to {total}");
+        }
+    }
+
+    // The last checkpoint holds the same weights here, and restores to the same predictions.
+    let last = Predictor::open(&ModelFiles::of_run(&run, Weights::Last), &Device::Cpu).unwrap();
+    assert_eq!(last.probabilities(&x).unwrap(), probabilities);
+}
