@@ -1,6 +1,13 @@
 //! The one table of everything `cargo xtask` downloads: dataset archives with their sizes, checksums and
 //! mirrors, and torchvision's ImageNet checkpoints. Sources: `docs/datasets.md` (torchvision, TFDS
 //! checksum lists, the datasets' pages).
+//!
+//! The checkpoints' half lives with the models, in [`fgvc_backbone::weights::catalog`], so that a backbone
+//! and its weights are added together; it is re-exported here.
+
+pub use fgvc_backbone::weights::catalog::{
+    sha256_prefix, weights, WeightsSpec, WEIGHTS, WEIGHTS_BASE_URL,
+};
 
 /// How a downloaded file becomes part of a dataset directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,67 +147,9 @@ pub const DATASETS: &[DatasetSpec] = &[
     },
 ];
 
-/// A torchvision ImageNet checkpoint family: the files that hold it, tried in order. Each name ends in
-/// the first hex digits of the file's SHA-256, which the download checks.
-#[derive(Debug, Clone, Copy)]
-pub struct WeightsSpec {
-    /// torchvision's model name, and the output `<name>.safetensors`.
-    pub name: &'static str,
-    /// Checkpoint files under [`WEIGHTS_BASE_URL`], current torchvision file first; older re-saves of
-    /// the same ImageNet weights (in the legacy format) after it.
-    pub files: &'static [&'static str],
-}
-
-/// Where torchvision's checkpoints live.
-pub const WEIGHTS_BASE_URL: &str = "https://download.pytorch.org/models/";
-
-/// The `IMAGENET1K_V1` weights of every backbone `fgvc-backbone` builds.
-pub const WEIGHTS: &[WeightsSpec] = &[
-    WeightsSpec {
-        name: "resnet18",
-        files: &["resnet18-f37072fd.pth", "resnet18-5c106cde.pth"],
-    },
-    WeightsSpec {
-        name: "resnet34",
-        files: &["resnet34-b627a593.pth", "resnet34-333f7ec4.pth"],
-    },
-    WeightsSpec {
-        name: "resnet50",
-        files: &["resnet50-0676ba61.pth", "resnet50-19c8e357.pth"],
-    },
-    WeightsSpec {
-        name: "resnet101",
-        files: &["resnet101-63fe2227.pth", "resnet101-5d3b4d8f.pth"],
-    },
-    WeightsSpec {
-        name: "vgg16",
-        files: &["vgg16-397923af.pth"],
-    },
-    WeightsSpec {
-        name: "vgg16_bn",
-        files: &["vgg16_bn-6c64b313.pth"],
-    },
-    WeightsSpec {
-        name: "mobilenet_v2",
-        files: &["mobilenet_v2-b0353104.pth"],
-    },
-];
-
-/// The SHA-256 prefix a torchvision file name carries (`resnet50-0676ba61.pth` -> `0676ba61`).
-pub fn sha256_prefix(file: &str) -> Option<&str> {
-    let stem = file.strip_suffix(".pth")?;
-    let (_, hash) = stem.rsplit_once('-')?;
-    (hash.len() >= 6 && hash.chars().all(|c| c.is_ascii_hexdigit())).then_some(hash)
-}
-
 /// The dataset called `name`.
 pub fn dataset(name: &str) -> Option<&'static DatasetSpec> {
     DATASETS.iter().find(|d| d.name == name)
-}
-
-/// The weights called `name`.
-pub fn weights(name: &str) -> Option<&'static WeightsSpec> {
-    WEIGHTS.iter().find(|w| w.name == name)
 }
 
 #[cfg(test)]
@@ -218,12 +167,5 @@ mod tests {
                 assert!(a.size > 0);
             }
         }
-        for w in WEIGHTS {
-            for f in w.files {
-                assert!(sha256_prefix(f).is_some(), "{f}");
-            }
-        }
-        assert_eq!(sha256_prefix("mobilenet_v2-b0353104.pth"), Some("b0353104"));
-        assert_eq!(sha256_prefix("model.pth"), None);
     }
 }

@@ -219,9 +219,9 @@ pub fn install_weights(
 /// parameter and buffer must be present with the right shape, so the file's names are torchvision's.
 pub fn check_weights(name: &str, path: &Path) -> Result<fgvc_backbone::weights::LoadReport> {
     use candle_core::{DType, Device};
-    let kind: fgvc_backbone::BackboneKind = name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = fgvc_ops::ParamStore::new(0, DType::F32, &Device::Cpu);
-    fgvc_backbone::build(kind, Some(1000), &store.root())
+    let imagenet = fgvc_backbone::BackboneOptions::classes(1000);
+    fgvc_backbone::create(name, &imagenet, &store.root())
         .with_context(|| format!("building {name}"))?;
     Ok(fgvc_backbone::weights::load(&store, path)?)
 }

@@ -33,7 +33,7 @@ pub struct StageInfo {
 /// mode BatchNorm normalises with batch statistics and updates its running statistics in place, and dropout
 /// draws from the model's own seeded RNG (see [`crate::Dropout`]).
 ///
-/// The trait is object safe: methods hold a `Box<dyn Backbone>` built by [`crate::build`].
+/// The trait is object safe: methods hold a `Box<dyn Backbone>` built by [`crate::create`].
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};

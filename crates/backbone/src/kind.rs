@@ -3,15 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::Result;
-use fgvc_ops::Params;
-
-use crate::backbone::Backbone;
-use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
-use crate::resnet::{ResNet, ResNetConfig};
-use crate::vgg::{Vgg, VggConfig};
-
-/// The backbones [`build`] knows, named as torchvision's constructors.
+/// The backbones [`crate::create`] knows, named as torchvision's constructors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BackboneKind {
     /// `resnet18`.
@@ -53,6 +45,17 @@ impl BackboneKind {
             BackboneKind::Vgg16Bn => "vgg16_bn",
             BackboneKind::MobileNetV2 => "mobilenet_v2",
         }
+    }
+
+    /// Whether this is one of the ResNets.
+    pub fn is_resnet(self) -> bool {
+        matches!(
+            self,
+            BackboneKind::ResNet18
+                | BackboneKind::ResNet34
+                | BackboneKind::ResNet50
+                | BackboneKind::ResNet101
+        )
     }
 }
 
@@ -98,44 +101,6 @@ impl FromStr for BackboneKind {
             .find(|k| k.name().replace('_', "") == norm)
             .ok_or_else(|| UnknownBackbone(s.to_string()))
     }
-}
-
-/// Builds `kind` with torchvision's default configuration and an optional classifier of `num_classes`
-/// (`None`: headless), its parameters created under `p`.
-///
-/// ```
-/// use candle_core::{DType, Device, Tensor};
-/// use fgvc_backbone::{build, Backbone, BackboneKind};
-/// use fgvc_ops::ParamStore;
-///
-/// let kind: BackboneKind = "mobilenet_v2".parse()?;
-/// let store = ParamStore::new(0, DType::F32, &Device::Cpu);
-/// let net: Box<dyn Backbone> = build(kind, Some(10), &store.root())?;
-/// assert_eq!(net.num_features(), 1280);
-/// let logits = net.forward_t(&Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu)?, false)?;
-/// assert_eq!(logits.dims(), &[1, 10]);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn build(
-    kind: BackboneKind,
-    num_classes: Option<usize>,
-    p: &Params,
-) -> Result<Box<dyn Backbone>> {
-    Ok(match kind {
-        BackboneKind::ResNet18 => Box::new(ResNet::new(ResNetConfig::resnet18(num_classes), p)?),
-        BackboneKind::ResNet34 => Box::new(ResNet::new(ResNetConfig::resnet34(num_classes), p)?),
-        BackboneKind::ResNet50 => Box::new(ResNet::new(ResNetConfig::resnet50(num_classes), p)?),
-        BackboneKind::ResNet101 => Box::new(ResNet::new(ResNetConfig::resnet101(num_classes), p)?),
-        BackboneKind::Vgg16 => Box::new(Vgg::new(VggConfig::vgg16(false, num_classes), p)?),
-        BackboneKind::Vgg16Bn => Box::new(Vgg::new(VggConfig::vgg16(true, num_classes), p)?),
-        BackboneKind::MobileNetV2 => Box::new(MobileNetV2::new(
-            MobileNetV2Config {
-                num_classes,
-                ..MobileNetV2Config::default()
-            },
-            p,
-        )?),
-    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //!   finish the pass, so a method gets stage maps and logits from one forward.
 //! - **Training mode** everywhere: BatchNorm with batch statistics and running-statistics updates, pooling
 //!   with correct gradients (from `fgvc-ops`), and a seeded [`Dropout`].
-//! - [`build`] a `Box<dyn Backbone>` from a [`BackboneKind`] parsed from a configuration string.
+//! - **By name**, as timm's `create_model(name, **kwargs)`: [`create`] a `Box<dyn Backbone>` from
+//!   torchvision's name and [`BackboneOptions`] (width, stem stride, classes, dropout), each checked against
+//!   the backbone with a typed [`OptionError`]; [`build`] one exactly as torchvision's constructor does.
 //! - Any input size the architectures allow (VGG's classifier adapts through `AdaptiveAvgPool2d(7)`).
 //!
 //! **Verified against torchvision** (`tests/parity.rs`): parameters filled from a formula of name and index
@@ -51,11 +53,11 @@
 //! ```no_run
 //! use candle_core::{DType, Device};
 //! use fgvc_backbone::weights::{load_into, LoadOptions};
-//! use fgvc_backbone::{build, BackboneKind};
+//! use fgvc_backbone::{create, BackboneOptions};
 //! use fgvc_ops::ParamStore;
 //!
 //! let store = ParamStore::new(0, DType::F32, &Device::Cpu);
-//! let _net = build(BackboneKind::ResNet50, Some(200), &store.root())?;
+//! let _net = create("resnet50", &BackboneOptions::classes(200), &store.root())?;
 //! let report = load_into(&store, "data/weights/resnet50.safetensors", &LoadOptions::new().reinitialise("fc."))?;
 //! println!("{report}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -63,15 +65,19 @@
 #![warn(missing_docs)]
 
 mod backbone;
+mod create;
 mod kind;
 mod mobilenet_v2;
+mod options;
 mod resnet;
 mod vgg;
 pub mod weights;
 
 pub use backbone::{Backbone, StageInfo};
+pub use create::{build, create, BackboneError};
 pub use fgvc_ops::Dropout;
-pub use kind::{build, BackboneKind, UnknownBackbone};
+pub use kind::{BackboneKind, UnknownBackbone};
 pub use mobilenet_v2::{make_divisible, MobileNetV2, MobileNetV2Config};
+pub use options::{BackboneDefaults, BackboneOption, BackboneOptions, OptionError};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use vgg::{Vgg, VggConfig};

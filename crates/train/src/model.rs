@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use fgvc_backbone::{
-    build, Backbone, BackboneKind, MobileNetV2, MobileNetV2Config, ResNet, ResNetConfig,
-};
+use fgvc_backbone::{Backbone, BackboneDefaults, BackboneError, BackboneKind, BackboneOptions};
 use fgvc_ops::{ParamStore, Params};
 use serde::{Deserialize, Serialize};
 
@@ -62,84 +60,54 @@ impl Default for ModelConfig {
     }
 }
 
+/// The options `[model]` gives the backbone: its shape options and `dropout` (checked there), and no
+/// classifier (every method puts its own heads on the backbone's stages).
+pub fn backbone_options(config: &ModelConfig) -> BackboneOptions {
+    BackboneOptions {
+        base_width: config.base_width,
+        width_mult: config.width_mult,
+        first_stride: config.first_stride,
+        num_classes: None,
+        dropout: config.dropout,
+    }
+}
+
 /// Builds the headless backbone of `config` under `p`, and loads its pretrained weights if any.
 pub fn build_backbone(config: &ModelConfig, p: &Params) -> Result<Box<dyn Backbone>> {
-    let kind: BackboneKind =
-        config
-            .backbone
-            .parse()
-            .map_err(|e: fgvc_backbone::UnknownBackbone| {
-                TrainError::Msg(format!("model.backbone: {e}"))
-            })?;
-    let mobilenet_shape = config.width_mult.is_some() || config.first_stride.is_some();
-    if mobilenet_shape && kind != BackboneKind::MobileNetV2 {
-        return Err(TrainError::Msg(format!(
-            "model.width_mult and model.first_stride apply to mobilenet_v2 only, not {}",
-            config.backbone
-        )));
-    }
-    let net: Box<dyn Backbone> = match (kind, config.base_width) {
-        (BackboneKind::MobileNetV2, None) if mobilenet_shape => {
-            let width_mult = config.width_mult.unwrap_or(1.0);
-            if !(width_mult > 0.0 && width_mult.is_finite()) {
-                return Err(TrainError::Msg(format!(
-                    "model.width_mult must be a positive number, not {width_mult}"
-                )));
-            }
-            let first_stride = config.first_stride.unwrap_or(2);
-            if !(1..=2).contains(&first_stride) {
-                return Err(TrainError::Msg(format!(
-                    "model.first_stride must be 1 or 2, not {first_stride}"
-                )));
-            }
-            Box::new(MobileNetV2::new(
-                MobileNetV2Config {
-                    width_mult,
-                    first_stride,
-                    num_classes: None,
-                    dropout: 0.0,
-                },
-                p,
-            )?)
-        }
-        (_, None) => build(kind, None, p)?,
-        (
-            BackboneKind::ResNet18
-            | BackboneKind::ResNet34
-            | BackboneKind::ResNet50
-            | BackboneKind::ResNet101,
-            Some(w),
-        ) => {
-            let base = match kind {
-                BackboneKind::ResNet18 => ResNetConfig::resnet18(None),
-                BackboneKind::ResNet34 => ResNetConfig::resnet34(None),
-                BackboneKind::ResNet50 => ResNetConfig::resnet50(None),
-                _ => ResNetConfig::resnet101(None),
-            };
-            if w == 0 {
-                return Err(TrainError::Msg(
-                    "model.base_width must be at least 1".into(),
-                ));
-            }
-            Box::new(ResNet::new(
-                ResNetConfig {
-                    base_width: w,
-                    ..base
-                },
-                p,
-            )?)
-        }
-        (_, Some(_)) => {
-            return Err(TrainError::Msg(format!(
-                "model.base_width applies to ResNets only, not {}",
-                config.backbone
-            )))
-        }
-    };
+    build_backbone_with(config, &BackboneDefaults::default(), p)
+}
+
+/// [`build_backbone`] with a recipe's `defaults` for the shape options `config` leaves unset (each used
+/// only by the backbones that have it), such as RMG-PMSI's stride-1 MobileNetV2 stem.
+pub fn build_backbone_with(
+    config: &ModelConfig,
+    defaults: &BackboneDefaults,
+    p: &Params,
+) -> Result<Box<dyn Backbone>> {
+    let kind: BackboneKind = config
+        .backbone
+        .parse()
+        .map_err(|e| model_error(BackboneError::Unknown(e)))?;
+    let options = backbone_options(config).or_defaults(kind, defaults);
+    let net = kind.create(&options, p).map_err(model_error)?;
     if let Some(path) = &config.pretrained {
         load_pretrained(p.store(), path)?;
     }
     Ok(net)
+}
+
+/// A backbone error as a configuration error on the `[model]` key it concerns (`model.base_width`).
+fn model_error(e: BackboneError) -> TrainError {
+    let (key, message) = match e {
+        BackboneError::Unknown(e) => ("backbone", e.to_string()),
+        BackboneError::Option(e) => (e.option.name(), e.reason),
+        BackboneError::Candle(e) => return TrainError::Candle(e),
+    };
+    TrainError::Config {
+        origin: "[model]".into(),
+        key: format!("model.{key}"),
+        message,
+    }
 }
 
 fn load_pretrained(store: &ParamStore, path: &std::path::Path) -> Result<()> {
@@ -151,4 +119,170 @@ fn load_pretrained(store: &ParamStore, path: &std::path::Path) -> Result<()> {
     })?;
     tracing::info!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn build(config: &ModelConfig, defaults: &BackboneDefaults) -> Result<Box<dyn Backbone>> {
+        let store = ParamStore::new(0, DType::F32, &Device::Cpu);
+        build_backbone_with(config, defaults, &store.root())
+    }
+
+    /// The key and message of the configuration error `config` gives.
+    fn config_error(config: ModelConfig) -> (String, String) {
+        match build(&config, &BackboneDefaults::default()) {
+            Err(TrainError::Config {
+                origin,
+                key,
+                message,
+            }) => {
+                assert_eq!(origin, "[model]");
+                (key, message)
+            }
+            Err(e) => panic!("not a configuration error: {e}"),
+            Ok(_) => panic!("{config:?} built"),
+        }
+    }
+
+    fn model(backbone: &str) -> ModelConfig {
+        ModelConfig {
+            backbone: backbone.into(),
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn backbone_errors_name_the_model_key() {
+        let (key, message) = config_error(model("resnet152"));
+        assert_eq!(key, "model.backbone");
+        assert!(
+            message.contains("resnet152") && message.contains("known: resnet18"),
+            "{message}"
+        );
+        let cases = [
+            (
+                ModelConfig {
+                    base_width: Some(8),
+                    ..model("vgg16")
+                },
+                "model.base_width",
+                "applies to ResNets only, not vgg16",
+            ),
+            (
+                ModelConfig {
+                    base_width: Some(0),
+                    ..model("resnet18")
+                },
+                "model.base_width",
+                "must be at least 1",
+            ),
+            (
+                ModelConfig {
+                    width_mult: Some(0.5),
+                    ..model("resnet18")
+                },
+                "model.width_mult",
+                "applies to mobilenet_v2 only, not resnet18",
+            ),
+            (
+                ModelConfig {
+                    width_mult: Some(-1.0),
+                    ..model("mobilenet_v2")
+                },
+                "model.width_mult",
+                "must be a positive number, not -1",
+            ),
+            (
+                ModelConfig {
+                    first_stride: Some(1),
+                    ..model("vgg16_bn")
+                },
+                "model.first_stride",
+                "applies to mobilenet_v2 only, not vgg16_bn",
+            ),
+            (
+                ModelConfig {
+                    first_stride: Some(3),
+                    ..model("mobilenet_v2")
+                },
+                "model.first_stride",
+                "must be 1 or 2, not 3",
+            ),
+            (
+                ModelConfig {
+                    dropout: 1.5,
+                    ..model("resnet18")
+                },
+                "model.dropout",
+                "must be in [0, 1), not 1.5",
+            ),
+        ];
+        for (config, want_key, want_message) in cases {
+            assert_eq!(
+                config_error(config),
+                (want_key.to_string(), want_message.to_string())
+            );
+        }
+        let shown = build(
+            &ModelConfig {
+                base_width: Some(8),
+                ..model("vgg16")
+            },
+            &BackboneDefaults::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            shown,
+            "[model]: model.base_width: applies to ResNets only, not vgg16"
+        );
+    }
+
+    #[test]
+    fn the_backbone_is_headless_and_shaped_by_the_model_section() -> Result<()> {
+        let net = build(
+            &ModelConfig {
+                base_width: Some(8),
+                dropout: 0.3,
+                ..model("resnet50")
+            },
+            &BackboneDefaults::default(),
+        )?;
+        assert_eq!(net.num_classes(), None);
+        assert_eq!(net.num_features(), 8 * 8 * 4);
+        Ok(())
+    }
+
+    #[test]
+    fn recipe_defaults_apply_where_the_model_section_is_silent() -> Result<()> {
+        let stride1 = BackboneDefaults {
+            first_stride: Some(1),
+            ..BackboneDefaults::default()
+        };
+        let narrow = ModelConfig {
+            width_mult: Some(0.25),
+            ..model("mobilenet_v2")
+        };
+        assert_eq!(build(&narrow, &stride1)?.stage_strides()[0], 1);
+        assert_eq!(
+            build(&narrow, &BackboneDefaults::default())?.stage_strides()[0],
+            2
+        );
+        let stride2 = ModelConfig {
+            first_stride: Some(2),
+            ..narrow
+        };
+        assert_eq!(build(&stride2, &stride1)?.stage_strides()[0], 2);
+        // A ResNet has no first_stride: the default is not applied, so it is no error.
+        let resnet = ModelConfig {
+            base_width: Some(4),
+            ..model("resnet18")
+        };
+        assert_eq!(build(&resnet, &stride1)?.stage_strides()[0], 4);
+        Ok(())
+    }
 }

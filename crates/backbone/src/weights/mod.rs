@@ -21,6 +21,7 @@
 //! - [`save`] writes every var of a store, BatchNorm running statistics included, as safetensors through a
 //!   temporary file and a rename, so a crash never leaves a half-written file; [`load`] reads it back
 //!   strictly.
+//! - [`catalog`] lists torchvision's ImageNet checkpoint of every backbone: file names, hashes, URL.
 //!
 //! ```no_run
 //! use candle_core::{DType, Device};
@@ -36,6 +37,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod catalog;
 mod pickle;
 mod pth;
 

@@ -25,7 +25,7 @@
 
 use candle_core::Tensor;
 use fgvc_augment::RecursiveMosaic;
-use fgvc_backbone::{Backbone, BackboneKind};
+use fgvc_backbone::{Backbone, BackboneDefaults};
 use fgvc_data::Batch;
 use fgvc_heads::msi::{PmsiConfig, PmsiHead, PmsiOutput};
 use fgvc_ops::ParamStore;
@@ -34,13 +34,13 @@ use serde::{Deserialize, Serialize};
 
 use super::pmg::{progressive_train_step, stage_predictions, step_names};
 use super::{
-    augment_error, backbone_and_head_groups, build_backbone, check_non_negative, option_error,
+    augment_error, backbone_and_head_groups, check_non_negative, option_error,
     reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
 };
 use crate::config::Config;
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::method::{Method, Predictions, StepContext, StepStats};
-use crate::model::ModelConfig;
+use crate::model::{build_backbone_with, ModelConfig};
 use crate::optim::{GroupSpec, ZeroGrad};
 use crate::registry::spec::{MethodDef, MethodSpec, Preset, Presets, Published};
 
@@ -150,20 +150,13 @@ impl RmgPmsi {
         store: ParamStore,
     ) -> Result<Self> {
         options.validate()?;
-        let kind: BackboneKind =
-            model
-                .backbone
-                .parse()
-                .map_err(|e: fgvc_backbone::UnknownBackbone| {
-                    TrainError::Msg(format!("model.backbone: {e}"))
-                })?;
         // The official backbone is MobileNetV2 with a stride-1 stem.
-        let mut model = model.clone();
-        if kind == BackboneKind::MobileNetV2 && model.first_stride.is_none() {
-            model.first_stride = Some(1);
-        }
+        let official = BackboneDefaults {
+            first_stride: Some(1),
+            ..BackboneDefaults::default()
+        };
         let root = store.root();
-        let backbone = build_backbone(&model, &root)?;
+        let backbone = build_backbone_with(model, &official, &root)?;
         let channels = backbone.stage_channels();
         let deepest = *channels.last().unwrap_or(&0);
         let mut cfg = PmsiConfig::last_stages(
