@@ -100,6 +100,10 @@ pub trait Backbone: Send + Sync {
     }
 
     /// The logits of `x`, torchvision's `model(x)`; an error for a headless backbone.
+    ///
+    /// [`crate::ResNet`], [`crate::Vgg`] and [`crate::MobileNetV2`] also implement candle's
+    /// [`ModuleT`](candle_core::ModuleT) as this method; where both traits are imported, name the one meant
+    /// (`Backbone::forward_t(&net, x, train)`).
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let pooled = self.features(x, train)?;
         self.classify(&pooled, train)?.ok_or_else(|| {

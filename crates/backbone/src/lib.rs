@@ -14,7 +14,9 @@
 //!   channels and reductions, like timm's `feature_info`); [`Backbone::pool`] and [`Backbone::classify`]
 //!   finish the pass, so a method gets stage maps and logits from one forward.
 //! - **Training mode** everywhere: BatchNorm with batch statistics and running-statistics updates, pooling
-//!   with correct gradients (from `fgvc-ops`), and a seeded [`Dropout`].
+//!   with correct gradients (from `fgvc-ops`), and a seeded [`Dropout`]. The networks and their blocks
+//!   (residual blocks, inverted residuals, VGG's conv blocks) implement candle's
+//!   [`ModuleT`](candle_core::ModuleT), `forward_t(x, train)`.
 //! - **By name**, as timm's `create_model(name, **kwargs)`: [`create`] a `Box<dyn Backbone>` from
 //!   torchvision's name and [`BackboneOptions`] (width, stem stride, classes, dropout), each checked against
 //!   the backbone with a typed [`OptionError`]; [`build`] one exactly as torchvision's constructor does.
@@ -70,6 +72,8 @@ mod kind;
 mod mobilenet_v2;
 mod options;
 mod resnet;
+#[cfg(test)]
+mod testing;
 mod vgg;
 pub mod weights;
 

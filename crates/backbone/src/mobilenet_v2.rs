@@ -1,6 +1,6 @@
 //! MobileNetV2 as torchvision builds it, with a width multiplier and a configurable stem stride.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, ModuleT, Result, Tensor};
 use fgvc_ops::{
     global_avg_pool, Activation, BatchNorm, Conv2d, Conv2dConfig, Init, Linear, Params,
 };
@@ -96,10 +96,6 @@ impl ConvBn {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_with(x, None, train)
-    }
-
     /// `act(bn(conv(x)) + residual)`, the add and activation fused into the BatchNorm.
     fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let act = if self.act {
@@ -116,6 +112,14 @@ impl ConvBn {
     }
 }
 
+impl ModuleT for ConvBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_with(x, None, train)
+    }
+}
+
+/// torchvision's `InvertedResidual`: 1x1 expansion (when `t > 1`), 3x3 depthwise, linear 1x1 projection,
+/// plus the input when the shape allows.
 #[derive(Debug, Clone)]
 struct InvertedResidual {
     layers: Vec<ConvBn>,
@@ -168,7 +172,9 @@ impl InvertedResidual {
             residual: stride == 1 && in_c == out_c,
         })
     }
+}
 
+impl ModuleT for InvertedResidual {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (project, rest) = self.layers.split_last().expect("a projection layer");
         let mut y = x.clone();
@@ -181,10 +187,20 @@ impl InvertedResidual {
     }
 }
 
+/// One module of `features`.
 #[derive(Debug, Clone)]
 enum Feature {
     Conv(ConvBn),
     Block(InvertedResidual),
+}
+
+impl ModuleT for Feature {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Feature::Conv(c) => c.forward_t(x, train),
+            Feature::Block(b) => b.forward_t(x, train),
+        }
+    }
 }
 
 /// torchvision's `MobileNetV2` with its `state_dict` names (`features.0.0.weight`,
@@ -324,6 +340,13 @@ impl MobileNetV2 {
     }
 }
 
+/// torchvision's `model(x)` in `train()` or `eval()` mode: [`Backbone::forward_t`].
+impl ModuleT for MobileNetV2 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Backbone::forward_t(self, x, train)
+    }
+}
+
 impl Backbone for MobileNetV2 {
     fn stage_info(&self) -> &[StageInfo] {
         &self.stages
@@ -333,10 +356,7 @@ impl Backbone for MobileNetV2 {
         let mut out = Vec::with_capacity(STAGE_ENDS.len());
         let mut y = x.clone();
         for (i, f) in self.features.iter().enumerate() {
-            y = match f {
-                Feature::Conv(c) => c.forward_t(&y, train)?,
-                Feature::Block(b) => b.forward_t(&y, train)?,
-            };
+            y = f.forward_t(&y, train)?;
             if STAGE_ENDS.contains(&i) {
                 out.push(y.clone());
             }
@@ -366,7 +386,9 @@ impl Backbone for MobileNetV2 {
 
 #[cfg(test)]
 mod tests {
-    use super::make_divisible;
+    use super::*;
+    use crate::testing::{input, max_rel_diff, twin_stores};
+    use fgvc_ops::relu6;
 
     #[test]
     fn make_divisible_matches_torchvision() {
@@ -380,5 +402,67 @@ mod tests {
         assert_eq!(make_divisible(20.0, 8), 24);
         assert_eq!(make_divisible(28.0, 16), 32);
         assert_eq!(make_divisible(27.0, 16), 32);
+    }
+
+    /// `b` with every op on its own: conv, BatchNorm, ReLU6 where the layer has one, then the shortcut.
+    fn one_by_one(b: &InvertedResidual, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = x.clone();
+        for l in &b.layers {
+            y = l.bn.forward_t(&l.conv.forward(&y)?, train)?;
+            if l.act {
+                y = relu6(&y)?;
+            }
+        }
+        if b.residual {
+            y = (y + x)?;
+        }
+        Ok(y)
+    }
+
+    #[test]
+    fn inverted_residuals_forward_t_equals_their_ops_one_by_one() -> Result<()> {
+        // (in, out, stride, t): torchvision's t = 1 first block, a residual block, a strided block.
+        for (in_c, out_c, stride, t) in [(16, 8, 1, 1), (8, 8, 1, 6), (8, 16, 2, 6)] {
+            let (sa, sb) = twin_stores(9);
+            let a = InvertedResidual::new(in_c, out_c, stride, t, &sa.root().pp("features.3"))?;
+            let b = InvertedResidual::new(in_c, out_c, stride, t, &sb.root().pp("features.3"))?;
+            assert_eq!(a.residual, stride == 1 && in_c == out_c);
+            assert_eq!(a.layers.len(), if t == 1 { 2 } else { 3 });
+            let x = input((2, in_c, 8, 8));
+            for train in [true, false] {
+                let y = ModuleT::forward_t(&a, &x, train)?;
+                let reference = one_by_one(&b, &x, train)?;
+                assert_eq!(y.dims(), &[2, out_c, 8 / stride, 8 / stride]);
+                let d = max_rel_diff(&y, &reference)?;
+                assert!(
+                    d < 1e-5,
+                    "{in_c}->{out_c} stride {stride} t {t} train {train}: {d}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mobilenet_forward_t_is_the_backbone_forward() -> Result<()> {
+        let cfg = MobileNetV2Config {
+            width_mult: 0.25,
+            first_stride: 1,
+            num_classes: Some(3),
+            dropout: 0.2,
+        };
+        let (sa, sb) = twin_stores(2);
+        let a = MobileNetV2::new(cfg, &sa.root())?;
+        let b = MobileNetV2::new(cfg, &sb.root())?;
+        let x = input((2, 3, 32, 32));
+        // In training mode both draw the same dropout mask from their equal streams.
+        for train in [true, false] {
+            let y = ModuleT::forward_t(&a, &x, train)?;
+            let stages = b.forward_stages(&x, train)?;
+            let pooled = b.pool(stages.last().expect("five stages"), train)?;
+            let logits = b.classify(&pooled, train)?.expect("a classifier");
+            assert_eq!(y.to_vec2::<f32>()?, logits.to_vec2::<f32>()?);
+        }
+        Ok(())
     }
 }

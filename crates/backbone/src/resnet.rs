@@ -1,6 +1,6 @@
 //! ResNet-18/34/50/101 as torchvision builds them (v1.5: the stride of a bottleneck sits on its 3x3 conv).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, ModuleT, Result, Tensor};
 use fgvc_ops::{
     global_avg_pool, max_pool2d, Activation, BatchNorm, Conv2d, Conv2dConfig, Init, Linear, Params,
 };
@@ -94,6 +94,8 @@ fn conv(in_c: usize, out_c: usize, k: usize, stride: usize, p: &Params) -> Resul
     )
 }
 
+/// A residual block, torchvision's `BasicBlock` or `Bottleneck` per its [`BlockKind`]:
+/// `relu(convs(x) + downsample(x))`, each conv followed by its BatchNorm (and a ReLU but for the last).
 #[derive(Debug, Clone)]
 struct Block {
     convs: Vec<(Conv2d, BatchNorm)>,
@@ -138,7 +140,9 @@ impl Block {
         };
         Ok(Self { convs, downsample })
     }
+}
 
+impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let identity = match &self.downsample {
             Some((c, bn)) => bn.forward_conv(c, x, Activation::Identity, train)?,
@@ -270,6 +274,13 @@ impl ResNet {
     }
 }
 
+/// torchvision's `model(x)` in `train()` or `eval()` mode: [`Backbone::forward_t`].
+impl ModuleT for ResNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Backbone::forward_t(self, x, train)
+    }
+}
+
 impl Backbone for ResNet {
     fn stage_info(&self) -> &[StageInfo] {
         &self.stages
@@ -305,5 +316,87 @@ impl Backbone for ResNet {
 
     fn num_classes(&self) -> Option<usize> {
         self.cfg.num_classes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{input, max_rel_diff, twin_stores};
+
+    /// `b` with every op on its own: conv, BatchNorm, ReLU, and the shortcut added before the last ReLU.
+    fn one_by_one(b: &Block, x: &Tensor, train: bool) -> Result<Tensor> {
+        let identity = match &b.downsample {
+            Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
+            None => x.clone(),
+        };
+        let mut y = x.clone();
+        for (i, (c, bn)) in b.convs.iter().enumerate() {
+            y = bn.forward_t(&c.forward(&y)?, train)?;
+            if i + 1 < b.convs.len() {
+                y = y.relu()?;
+            }
+        }
+        (y + identity)?.relu()
+    }
+
+    #[test]
+    fn blocks_forward_t_equals_their_ops_one_by_one() -> Result<()> {
+        let cases = [
+            (BlockKind::Basic, 8, 8, 1),
+            (BlockKind::Basic, 8, 16, 2),
+            (BlockKind::Bottleneck, 32, 8, 1),
+            (BlockKind::Bottleneck, 16, 8, 2),
+        ];
+        for (kind, in_c, planes, stride) in cases {
+            let (sa, sb) = twin_stores(5);
+            let a = Block::new(kind, in_c, planes, stride, &sa.root().pp("layer2.0"))?;
+            let b = Block::new(kind, in_c, planes, stride, &sb.root().pp("layer2.0"))?;
+            assert_eq!(
+                a.downsample.is_some(),
+                stride != 1 || in_c != planes * kind.expansion()
+            );
+            let x = input((2, in_c, 8, 8));
+            // Training first, so that evaluation reads updated running statistics.
+            for train in [true, false] {
+                let y = ModuleT::forward_t(&a, &x, train)?;
+                let reference = one_by_one(&b, &x, train)?;
+                assert_eq!(
+                    y.dims(),
+                    &[2, planes * kind.expansion(), 8 / stride, 8 / stride]
+                );
+                let d = max_rel_diff(&y, &reference)?;
+                assert!(
+                    d < 1e-5,
+                    "{kind:?} {in_c}->{planes} stride {stride} train {train}: {d}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn resnet_forward_t_is_the_backbone_forward() -> Result<()> {
+        for cfg in [
+            ResNetConfig::resnet18(Some(3)),
+            ResNetConfig::resnet50(Some(3)),
+        ] {
+            let cfg = ResNetConfig {
+                base_width: 4,
+                ..cfg
+            };
+            let (sa, sb) = twin_stores(1);
+            let a = ResNet::new(cfg, &sa.root())?;
+            let b = ResNet::new(cfg, &sb.root())?;
+            let x = input((2, 3, 32, 32));
+            for train in [true, false] {
+                let y = ModuleT::forward_t(&a, &x, train)?;
+                let stages = b.forward_stages(&x, train)?;
+                let pooled = b.pool(stages.last().expect("five stages"), train)?;
+                let logits = b.classify(&pooled, train)?.expect("a classifier");
+                assert_eq!(y.to_vec2::<f32>()?, logits.to_vec2::<f32>()?);
+            }
+        }
+        Ok(())
     }
 }

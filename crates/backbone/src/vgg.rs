@@ -1,6 +1,6 @@
 //! VGG-16 with and without BatchNorm, as torchvision builds them.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, ModuleT, Result, Tensor};
 use fgvc_ops::{
     adaptive_avg_pool2d, global_avg_pool, max_pool2d, relu, Activation, BatchNorm, Conv2d,
     Conv2dConfig, Init, Linear, Params,
@@ -44,10 +44,43 @@ impl VggConfig {
     }
 }
 
+/// A 3x3 conv, its BatchNorm (`vgg16_bn`) and a ReLU.
 #[derive(Debug, Clone)]
 struct ConvUnit {
     conv: Conv2d,
     bn: Option<BatchNorm>,
+}
+
+impl ModuleT for ConvUnit {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.conv.forward(x)?;
+        match &self.bn {
+            Some(bn) => bn.forward_act(&y, None, Activation::Relu, train),
+            None => relu(&y),
+        }
+    }
+}
+
+/// One of VGG's five conv blocks: the previous block's 2x2 max pool (all but the first), then its conv
+/// units. Its output is the stage map, before the block's own pool.
+#[derive(Debug, Clone)]
+struct VggBlock {
+    pool_first: bool,
+    units: Vec<ConvUnit>,
+}
+
+impl ModuleT for VggBlock {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = if self.pool_first {
+            max_pool2d(x, 2, 2, 0)?
+        } else {
+            x.clone()
+        };
+        for u in &self.units {
+            y = u.forward_t(&y, train)?;
+        }
+        Ok(y)
+    }
 }
 
 #[derive(Debug)]
@@ -90,7 +123,7 @@ struct Classifier {
 #[derive(Debug)]
 pub struct Vgg {
     cfg: VggConfig,
-    blocks: Vec<Vec<ConvUnit>>,
+    blocks: Vec<VggBlock>,
     classifier: Option<Classifier>,
     stages: Vec<StageInfo>,
 }
@@ -133,7 +166,10 @@ impl Vgg {
                 channels: in_c,
                 reduction: 1 << bi,
             });
-            blocks.push(units);
+            blocks.push(VggBlock {
+                pool_first: bi > 0,
+                units,
+            });
             idx += 1; // the max pool
         }
         let classifier = match cfg.num_classes {
@@ -181,6 +217,13 @@ impl Vgg {
     }
 }
 
+/// torchvision's `model(x)` in `train()` or `eval()` mode: [`Backbone::forward_t`].
+impl ModuleT for Vgg {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Backbone::forward_t(self, x, train)
+    }
+}
+
 impl Backbone for Vgg {
     fn stage_info(&self) -> &[StageInfo] {
         &self.stages
@@ -188,19 +231,10 @@ impl Backbone for Vgg {
 
     fn forward_stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let mut out: Vec<Tensor> = Vec::with_capacity(5);
-        for units in &self.blocks {
-            let mut y = match out.last() {
-                Some(prev) => max_pool2d(prev, 2, 2, 0)?,
-                None => x.clone(),
-            };
-            for u in units {
-                y = u.conv.forward(&y)?;
-                y = match &u.bn {
-                    Some(bn) => bn.forward_act(&y, None, Activation::Relu, train)?,
-                    None => relu(&y)?,
-                };
-            }
-            out.push(y);
+        let mut y = x.clone();
+        for block in &self.blocks {
+            y = block.forward_t(&y, train)?;
+            out.push(y.clone());
         }
         Ok(out)
     }
@@ -234,5 +268,93 @@ impl Backbone for Vgg {
 
     fn num_classes(&self) -> Option<usize> {
         self.cfg.num_classes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{input, max_rel_diff, twin_stores};
+
+    fn block(pool_first: bool, batch_norm: bool, p: &Params) -> Result<VggBlock> {
+        let mut units = Vec::new();
+        for (i, (in_c, out_c)) in [(4, 8), (8, 8)].into_iter().enumerate() {
+            let conv = Conv2d::with_init(
+                in_c,
+                out_c,
+                3,
+                Conv2dConfig::same(1),
+                true,
+                Init::KaimingNormal { fan_out: true },
+                &p.pp(2 * i),
+            )?;
+            let bn = if batch_norm {
+                Some(BatchNorm::new(out_c, &p.pp(2 * i + 1))?)
+            } else {
+                None
+            };
+            units.push(ConvUnit { conv, bn });
+        }
+        Ok(VggBlock { pool_first, units })
+    }
+
+    /// `b` with every op on its own: the max pool, then conv, BatchNorm and ReLU per unit.
+    fn one_by_one(b: &VggBlock, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = if b.pool_first {
+            max_pool2d(x, 2, 2, 0)?
+        } else {
+            x.clone()
+        };
+        for u in &b.units {
+            y = u.conv.forward(&y)?;
+            if let Some(bn) = &u.bn {
+                y = bn.forward_t(&y, train)?;
+            }
+            y = y.relu()?;
+        }
+        Ok(y)
+    }
+
+    #[test]
+    fn blocks_forward_t_equals_their_ops_one_by_one() -> Result<()> {
+        for (pool_first, batch_norm) in [(false, true), (true, true), (true, false)] {
+            let (sa, sb) = twin_stores(4);
+            let a = block(pool_first, batch_norm, &sa.root().pp("features"))?;
+            let b = block(pool_first, batch_norm, &sb.root().pp("features"))?;
+            let x = input((2, 4, 8, 8));
+            for train in [true, false] {
+                let y = ModuleT::forward_t(&a, &x, train)?;
+                let reference = one_by_one(&b, &x, train)?;
+                let side = if pool_first { 4 } else { 8 };
+                assert_eq!(y.dims(), &[2, 8, side, side]);
+                let d = max_rel_diff(&y, &reference)?;
+                assert!(
+                    d < 1e-5,
+                    "pool {pool_first} bn {batch_norm} train {train}: {d}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn vgg_forward_t_is_the_backbone_forward() -> Result<()> {
+        let cfg = VggConfig {
+            hidden: 8,
+            ..VggConfig::vgg16(true, Some(3))
+        };
+        let (sa, sb) = twin_stores(3);
+        let a = Vgg::new(cfg, &sa.root())?;
+        let b = Vgg::new(cfg, &sb.root())?;
+        let x = input((2, 3, 32, 32));
+        // In training mode both draw the same dropout masks from their equal streams.
+        for train in [true, false] {
+            let y = ModuleT::forward_t(&a, &x, train)?;
+            let stages = b.forward_stages(&x, train)?;
+            let pooled = b.pool(stages.last().expect("five stages"), train)?;
+            let logits = b.classify(&pooled, train)?.expect("a classifier");
+            assert_eq!(y.to_vec2::<f32>()?, logits.to_vec2::<f32>()?);
+        }
+        Ok(())
     }
 }
