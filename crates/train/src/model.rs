@@ -72,6 +72,17 @@ pub fn backbone_options(config: &ModelConfig) -> BackboneOptions {
     }
 }
 
+/// Checks `[model]` (the backbone's name and options, in fgvc-backbone) without building anything.
+pub fn check_model(config: &ModelConfig) -> Result<()> {
+    let kind: BackboneKind = config
+        .backbone
+        .parse()
+        .map_err(|e| model_error(BackboneError::Unknown(e)))?;
+    backbone_options(config)
+        .validate(kind)
+        .map_err(|e| model_error(BackboneError::Option(e)))
+}
+
 /// Builds the headless backbone of `config` under `p`, and loads its pretrained weights if any.
 pub fn build_backbone(config: &ModelConfig, p: &Params) -> Result<Box<dyn Backbone>> {
     build_backbone_with(config, &BackboneDefaults::default(), p)

@@ -303,7 +303,9 @@ mod tests {
         ];
         assert_eq!(found, expected);
         std::fs::remove_file(sub.join("d.jpeg")).unwrap();
-        let err = image_files(std::slice::from_ref(&sub)).unwrap_err().to_string();
+        let err = image_files(std::slice::from_ref(&sub))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no .jpg/.jpeg/.png image"), "{err}");
     }
 

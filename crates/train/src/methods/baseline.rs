@@ -47,7 +47,6 @@ pub struct Baseline {
 impl Baseline {
     /// The model of `config` with a `num_classes`-way classifier, its parameters drawn from `store`'s seed.
     pub fn new(config: &ModelConfig, num_classes: usize, store: ParamStore) -> Result<Self> {
-        check_dropout(config)?;
         let root = store.root();
         let backbone = build_backbone(config, &root)?;
         let fc = Linear::new(
@@ -122,25 +121,14 @@ impl MethodDef for Baseline {
         }
     }
 
-    fn check(_: &(), config: &Config) -> Result<()> {
-        check_dropout(&config.model)
+    /// `[model]` (its `dropout` too) is checked by the backbone's options before this.
+    fn check(_: &(), _: &Config) -> Result<()> {
+        Ok(())
     }
 
     fn build(config: &Config, _: (), num_classes: usize, store: ParamStore) -> Result<Self> {
         Baseline::new(&config.model, num_classes, store)
     }
-}
-
-/// `model.dropout` is a probability in `[0, 1)`.
-fn check_dropout(model: &ModelConfig) -> Result<()> {
-    if (0.0..1.0).contains(&model.dropout) {
-        return Ok(());
-    }
-    Err(TrainError::Config {
-        origin: "[model]".into(),
-        key: "model.dropout".into(),
-        message: format!("must be in [0, 1), got {}", model.dropout),
-    })
 }
 
 impl Method for Baseline {

@@ -100,7 +100,8 @@ pub struct MethodSpec {
     pub name: &'static str,
     /// One line for help texts: the method and its paper.
     pub summary: &'static str,
-    /// Checks `[method.options]` (typed as the method's options) against the configuration.
+    /// Checks `[model]` (through fgvc-backbone) and `[method.options]` (typed as the method's options)
+    /// against the configuration, without building anything.
     pub check: fn(&Config) -> Result<()>,
     /// Checks, then builds the method with a `num_classes`-way output.
     pub build: fn(&Config, usize, ParamStore) -> Result<Box<dyn Method>>,
@@ -140,6 +141,7 @@ impl MethodSpec {
 }
 
 fn check_def<M: MethodDef>(config: &Config) -> Result<()> {
+    crate::model::check_model(&config.model)?;
     M::check(&M::options(config)?, config)
 }
 
