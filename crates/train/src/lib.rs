@@ -33,6 +33,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 mod error;
 pub mod eval;
 pub mod method;
