@@ -3,6 +3,7 @@
 //! train, evaluate and compare with the paper). `src/main.rs` is the command line.
 
 pub mod catalog;
+pub mod device_arg;
 pub mod download;
 pub mod extract;
 pub mod synthetic_table;

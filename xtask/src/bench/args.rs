@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use fgvc_train::device::DeviceChoice;
 
 /// A benchmark suite.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -24,47 +25,16 @@ pub enum Suite {
     All,
 }
 
-/// Where the example workloads run.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, ValueEnum)]
-pub enum BenchDevice {
-    /// The CPU (no GPU toolkit needed).
-    #[default]
-    Cpu,
-    /// The first CUDA GPU: builds with `--features cuda`; PyTorch uses CUDA when `torch.cuda.is_available()`.
-    Cuda,
-    /// The Apple GPU: builds with `--features metal`; PyTorch uses MPS when available.
-    Metal,
-}
-
-impl BenchDevice {
-    /// The name the examples and scripts take (`--device`).
-    pub fn name(self) -> &'static str {
-        match self {
-            BenchDevice::Cpu => "cpu",
-            BenchDevice::Cuda => "cuda",
-            BenchDevice::Metal => "metal",
-        }
-    }
-
-    /// The cargo feature that enables it.
-    pub fn feature(self) -> Option<&'static str> {
-        match self {
-            BenchDevice::Cpu => None,
-            BenchDevice::Cuda => Some("cuda"),
-            BenchDevice::Metal => Some("metal"),
-        }
-    }
-}
-
 /// `cargo xtask bench` options.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Which benchmark suite to run.
     #[arg(value_enum, default_value_t = Suite::All)]
     pub suite: Suite,
-    /// Device of the backbones and methods workloads (criterion suites run on the CPU).
-    #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
-    pub device: BenchDevice,
+    /// Device of the backbones and methods workloads (criterion suites run on the CPU); cuda and metal build
+    /// the examples with `--features cuda` / `--features metal`, and PyTorch uses CUDA or MPS when available.
+    #[arg(long, value_parser = xtask::device_arg::parser(), default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
     /// Also run the matching PyTorch script per workload (when Python with torch is available) and print
     /// the ratio.
     #[arg(long)]
@@ -147,14 +117,14 @@ mod tests {
             "2",
         ]);
         assert_eq!(a.suite, Suite::Backbones);
-        assert_eq!(a.device, BenchDevice::Cuda);
+        assert_eq!(a.device, DeviceChoice::Cuda);
         assert_eq!(a.device.feature(), Some("cuda"));
         assert!(a.vs_pytorch);
         assert_eq!(a.threads(), 4);
         assert_eq!((a.iters, a.size, a.batch), (Some(2), Some(448), Some(2)));
         let d = parse(&[]);
         assert_eq!(d.suite, Suite::All);
-        assert_eq!(d.device, BenchDevice::Cpu);
+        assert_eq!(d.device, DeviceChoice::Cpu);
         assert!(d.threads() >= 1);
         let c = parse(&["augment", "--", "jigsaw"]);
         assert_eq!(c.criterion_args, ["jigsaw"]);

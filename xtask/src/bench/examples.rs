@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use fgvc_train::device::DeviceChoice;
 use serde_json::{Map, Value};
 
 use super::measurement::{parse_json_line, Measurement, Row, TorchSide};
 use super::pytorch::PyTorch;
 use super::render::{records_json, render_markdown, RunInfo};
 use super::workloads::{backbone_workloads, filter_workloads, method_workloads};
-use super::{cargo, target_dir, BenchArgs, BenchDevice, Suite};
+use super::{cargo, target_dir, BenchArgs, Suite};
 
 const DEFAULT_ITERS: usize = 3;
 
@@ -35,7 +36,7 @@ fn example_suite(suite: Suite) -> (&'static str, &'static str, &'static str, &'s
 }
 
 /// Builds `example` of `package` in release and returns the executable.
-fn build_example(package: &str, example: &str, device: BenchDevice) -> Result<PathBuf> {
+fn build_example(package: &str, example: &str, device: DeviceChoice) -> Result<PathBuf> {
     let mut cmd = Command::new(cargo());
     cmd.args([
         "build",

@@ -22,8 +22,9 @@ mod workloads;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use fgvc_train::device::DeviceChoice;
 
-pub use args::{BenchArgs, BenchDevice, Suite};
+pub use args::{BenchArgs, Suite};
 use criterion::{criterion_missing, run_criterion, CRITERION_SUITES};
 use examples::run_examples;
 use pytorch::{resolve_pytorch, run_ops_torch, PyTorch};
@@ -55,7 +56,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if !(all || args.suite == suite) {
             continue;
         }
-        if args.device != BenchDevice::Cpu {
+        if args.device != DeviceChoice::Cpu {
             eprintln!(
                 "note: the {package} criterion benchmarks run on the CPU (--device applies to backbones and \
                  methods)"

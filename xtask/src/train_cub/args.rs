@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
+use fgvc_train::device::DeviceChoice;
 use fgvc_train::methods::pmg;
 use fgvc_train::registry::{self, MethodSpec};
 
@@ -94,37 +95,6 @@ impl BackboneArg {
     }
 }
 
-/// Where `fgvc train` runs; `cuda` and `metal` build the CLI with the candle feature of the same name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// The CPU (no GPU toolkit needed).
-    Cpu,
-    /// An NVIDIA GPU: builds with `--features cuda` (needs the CUDA toolkit).
-    Cuda,
-    /// An Apple GPU: builds with `--features metal` (macOS).
-    Metal,
-}
-
-impl DeviceArg {
-    /// The `--device` value of `fgvc train`.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceArg::Cpu => "cpu",
-            DeviceArg::Cuda => "cuda",
-            DeviceArg::Metal => "metal",
-        }
-    }
-
-    /// The `fgvc-cli` cargo feature the device needs.
-    pub fn feature(self) -> Option<&'static str> {
-        match self {
-            DeviceArg::Cpu => None,
-            DeviceArg::Cuda => Some("cuda"),
-            DeviceArg::Metal => Some("metal"),
-        }
-    }
-}
-
 /// Arguments of `cargo xtask train-cub`.
 #[derive(Args, Debug, Clone)]
 pub struct TrainCubArgs {
@@ -135,8 +105,8 @@ pub struct TrainCubArgs {
     #[arg(long, value_enum)]
     pub backbone: Option<BackboneArg>,
     /// Where to train; cuda and metal build the CLI with `--features cuda` / `--features metal`.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[arg(long, value_parser = crate::device_arg::parser(), default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
     /// Train this many epochs instead of the reproduction's (the result is then not comparable).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -172,7 +142,7 @@ impl Default for TrainCubArgs {
         TrainCubArgs {
             method: MethodArg(pmg::SPEC),
             backbone: None,
-            device: DeviceArg::Cpu,
+            device: DeviceChoice::Cpu,
             epochs: None,
             data: None,
             weights_dir: None,

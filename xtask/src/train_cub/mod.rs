@@ -25,7 +25,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-pub use args::{BackboneArg, DeviceArg, MethodArg, TrainCubArgs};
+pub use args::{BackboneArg, MethodArg, TrainCubArgs};
 pub use fetch::{cub_problem, fetch, Missing, CUB_FILES};
 pub use paper::paper_result;
 pub use plan::Plan;

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use fgvc_train::config::Selection;
+use fgvc_train::device::DeviceChoice;
 use fgvc_train::Config;
 
 use super::fetch::{cub_problem, download_urls, Missing};
 use super::paper::{paper_result, paper_text};
 use super::paths::{absolute, normalise, quote, shown};
-use super::{BackboneArg, DeviceArg, MethodArg, TrainCubArgs};
+use super::{BackboneArg, MethodArg, TrainCubArgs};
 use crate::catalog;
 
 /// Keys that only a MobileNetV2 accepts (the stem stride and width multiplier, in `[model]` or, in older
@@ -51,7 +52,7 @@ pub struct Plan {
     /// The backbone.
     pub backbone: BackboneArg,
     /// The device.
-    pub device: DeviceArg,
+    pub device: DeviceChoice,
     /// The reproduction configuration the run starts from (`configs/<method>-<backbone>-cub.toml`).
     pub base_config: PathBuf,
     /// The backbone of `base_config`; differs from `backbone` for a derived configuration.
