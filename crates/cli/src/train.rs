@@ -4,9 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use fgvc_data::Split;
 use fgvc_train::data::{eval_loader, open_split};
+use fgvc_train::device::DeviceChoice;
 use fgvc_train::eval::evaluate;
 use fgvc_train::predict::{image_files, ModelFiles, Predictor, Weights};
 use fgvc_train::run_dir::RunDir;
@@ -16,25 +18,14 @@ use fgvc_train::{Config, TrainOptions, Trainer};
 pub const EMBEDDED_CONFIG: &str = include_str!("../../../configs/synthetic-baseline.toml");
 const EMBEDDED_NAME: &str = "the embedded default config (configs/synthetic-baseline.toml)";
 
-/// Where tensors live.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum DeviceArg {
-    /// The CPU (always available).
-    Cpu,
-    /// The first CUDA GPU (needs the `cuda` feature).
-    Cuda,
-    /// The Apple GPU (needs the `metal` feature).
-    Metal,
-}
-
-fn device(arg: DeviceArg) -> Result<Device> {
-    Ok(match arg {
-        DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Cuda => Device::new_cuda(0).context(
-            "--device cuda: build with `--features cuda` and check that a CUDA GPU is visible",
-        )?,
-        DeviceArg::Metal => Device::new_metal(0)
-            .context("--device metal: build with `--features metal` on macOS")?,
+/// `--device cpu|cuda|metal`: [`DeviceChoice`]'s names, each listed with its description in `--help`.
+fn device_parser() -> impl TypedValueParser<Value = DeviceChoice> {
+    PossibleValuesParser::new(
+        DeviceChoice::ALL.map(|d| PossibleValue::new(d.name()).help(d.description())),
+    )
+    .map(|name| {
+        name.parse::<DeviceChoice>()
+            .expect("one of the possible values")
     })
 }
 
@@ -51,8 +42,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Device to train on.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[arg(long, value_parser = device_parser(), default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
     /// Run directory (default: runs/NAME, NAME being the config file's stem).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -106,7 +97,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             let _ = std::fs::remove_file(out.join(f));
         }
     }
-    let device = device(args.device)?;
+    let device = args.device.open()?;
     let options = TrainOptions {
         resume: args.resume,
         progress: !args.no_progress,
@@ -158,8 +149,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[arg(long, value_parser = device_parser(), default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
 }
 
 /// The model of `files`, its configuration's thread count pinned before the model is built.
@@ -187,7 +178,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         _ => bail!("give --run DIR, or --checkpoint FILE with --config FILE"),
     };
     let split: Split = args.split.parse()?;
-    let device = device(args.device)?;
+    let device = args.device.open()?;
     let predictor = restore(&files, &device)?;
     let config = predictor.config();
     let dataset = open_split(config, split)?;
@@ -239,8 +230,8 @@ pub struct PredictArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[arg(long, value_parser = device_parser(), default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
 }
 
 /// Predicts the classes of images with a trained checkpoint.
@@ -260,7 +251,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
             files.config.display()
         );
     }
-    let device = device(args.device)?;
+    let device = args.device.open()?;
     let predictor = restore(&files, &device)?;
     let images = image_files(&args.images)?;
     let results = predictor.predict_images(&images, args.topk.max(1))?;
