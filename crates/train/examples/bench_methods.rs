@@ -28,6 +28,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use fgvc_data::Batch;
+use fgvc_train::device::DeviceChoice;
 use fgvc_train::method::{Accumulator, StepContext};
 use fgvc_train::optim::build_optimizer;
 use fgvc_train::registry::{self, build_method};
@@ -80,18 +81,6 @@ fn config_for(method: &str, backbone: &str, size: usize, batch: usize) -> Result
     Ok(config)
 }
 
-fn device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context(
-            "--device cuda: build with `--features cuda` and check that a CUDA GPU is visible",
-        )?,
-        "metal" => Device::new_metal(0)
-            .context("--device metal: build with `--features metal` on macOS")?,
-        other => bail!("--device must be cpu, cuda or metal, got {other}"),
-    })
-}
-
 fn main() -> Result<()> {
     // As the `fgvc` binary does: freed activation buffers are reused instead of page-faulted in each step.
     fgvc_ops::tune_allocator();
@@ -120,7 +109,7 @@ fn main() -> Result<()> {
     let size: usize = positional[2].parse().context("size")?;
     let batch: usize = positional[3].parse().context("batch")?;
     let iters: usize = positional[4].parse().context("iters")?;
-    let dev = device(&device_name)?;
+    let dev = device_name.parse::<DeviceChoice>()?.open()?;
 
     let config = config_for(method_name, backbone, size, batch)?;
     let mut method = build_method(&config, classes, &dev)?;
