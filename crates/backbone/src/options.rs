@@ -1,5 +1,5 @@
 //! The options of a backbone built by name ([`crate::create`]): which of them a backbone has, and the bounds
-//! they are checked against, in one place, so every caller (configuration files, recipes, tools) reports
+//! they are checked against, in one place, so every caller (configuration files, methods, tools) reports
 //! the same typed error.
 
 use std::fmt;

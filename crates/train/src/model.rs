@@ -31,7 +31,7 @@ pub struct ModelConfig {
     #[serde(default)]
     pub width_mult: Option<f64>,
     /// MobileNetV2 only: the stride of the first conv (torchvision: 2; RMG-PMSI's official backbone: 1,
-    /// which is that recipe's default when this is absent).
+    /// which is that method's default when this is absent).
     #[serde(default)]
     pub first_stride: Option<usize>,
     /// Weights to start from (torchvision `.pth` or safetensors, names as torchvision's), loaded into the
@@ -88,7 +88,7 @@ pub fn build_backbone(config: &ModelConfig, p: &Params) -> Result<Box<dyn Backbo
     build_backbone_with(config, &BackboneDefaults::default(), p)
 }
 
-/// [`build_backbone`] with a recipe's `defaults` for the shape options `config` leaves unset (each used
+/// [`build_backbone`] with a method's `defaults` for the shape options `config` leaves unset (each used
 /// only by the backbones that have it), such as RMG-PMSI's stride-1 MobileNetV2 stem.
 pub fn build_backbone_with(
     config: &ModelConfig,
@@ -269,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn recipe_defaults_apply_where_the_model_section_is_silent() -> Result<()> {
+    fn method_defaults_apply_where_the_model_section_is_silent() -> Result<()> {
         let stride1 = BackboneDefaults {
             first_stride: Some(1),
             ..BackboneDefaults::default()
