@@ -65,8 +65,8 @@ struct WeightsArgs {
     #[command(subcommand)]
     action: Option<WeightsAction>,
     /// Models to fetch and convert.
-    #[arg(value_enum)]
-    models: Vec<ModelArg>,
+    #[arg(value_parser = model_parser())]
+    models: Vec<String>,
     /// Where checkpoints and converted files go.
     #[arg(long, default_value = "data/weights")]
     dir: PathBuf,
@@ -107,18 +107,9 @@ enum DatasetArg {
     All,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ModelArg {
-    Resnet18,
-    Resnet34,
-    Resnet50,
-    Resnet101,
-    Vgg16,
-    #[value(name = "vgg16_bn")]
-    Vgg16Bn,
-    #[value(name = "mobilenet_v2")]
-    MobilenetV2,
-    All,
+/// `weights`' model names: every entry of fgvc-backbone's weights catalogue, and `all`.
+fn model_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(WEIGHTS.iter().map(|w| w.name).chain(["all"]))
 }
 
 fn main() -> Result<()> {
@@ -189,25 +180,10 @@ fn weights(args: WeightsArgs) -> Result<()> {
     if args.models.is_empty() {
         bail!("name the models to fetch (resnet18 ... mobilenet_v2, or all), or `convert IN OUT`");
     }
-    let names: Vec<&str> = if args.models.contains(&ModelArg::All) {
+    let names: Vec<&str> = if args.models.iter().any(|m| m == "all") {
         WEIGHTS.iter().map(|w| w.name).collect()
     } else {
-        args.models
-            .iter()
-            .map(|m| {
-                m.to_possible_value()
-                    .expect("no skipped variants")
-                    .get_name()
-                    .to_string()
-            })
-            .map(|n| {
-                WEIGHTS
-                    .iter()
-                    .find(|w| w.name == n)
-                    .expect("every model is in the table")
-                    .name
-            })
-            .collect()
+        args.models.iter().map(String::as_str).collect()
     };
     let dl = Downloader::new();
     for name in names {
