@@ -5,6 +5,7 @@
 //! the destructions the methods train on and `fgvc data verify` checks a downloaded dataset.
 
 mod data;
+mod predict;
 mod preview;
 mod train;
 
@@ -31,7 +32,7 @@ enum Command {
     /// Evaluate a run (--run DIR) or a checkpoint (--checkpoint FILE --config FILE) on a split.
     Eval(train::EvalArgs),
     /// Classify images with a trained checkpoint.
-    Predict(train::PredictArgs),
+    Predict(predict::PredictArgs),
     /// Image destructions and transforms.
     Augment {
         #[command(subcommand)]
@@ -91,7 +92,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::train(&args),
         Command::Eval(args) => train::eval(&args),
-        Command::Predict(args) => train::predict(&args),
+        Command::Predict(args) => predict::predict(&args),
         Command::Augment {
             command: AugmentCommand::Preview(args),
         } => preview::run(&args),

@@ -1,16 +1,16 @@
-//! `fgvc train`, `fgvc eval` and `fgvc predict`: the training engine on the command line.
+//! `fgvc train` and `fgvc eval`: the training engine on the command line.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use fgvc_data::Split;
 use fgvc_train::data::{eval_loader, open_split};
 use fgvc_train::device::DeviceChoice;
 use fgvc_train::eval::evaluate;
-use fgvc_train::predict::{image_files, ModelFiles, Predictor, Weights};
+use fgvc_train::predict::{ModelFiles, Predictor, Weights};
 use fgvc_train::run_dir::RunDir;
 use fgvc_train::{Config, TrainOptions, Trainer};
 
@@ -19,7 +19,7 @@ pub const EMBEDDED_CONFIG: &str = include_str!("../../../configs/synthetic-basel
 const EMBEDDED_NAME: &str = "the embedded default config (configs/synthetic-baseline.toml)";
 
 /// `--device cpu|cuda|metal`: [`DeviceChoice`]'s names, each listed with its description in `--help`.
-fn device_parser() -> impl TypedValueParser<Value = DeviceChoice> {
+pub(crate) fn device_parser() -> impl TypedValueParser<Value = DeviceChoice> {
     PossibleValuesParser::new(
         DeviceChoice::ALL.map(|d| PossibleValue::new(d.name()).help(d.description())),
     )
@@ -154,7 +154,7 @@ pub struct EvalArgs {
 }
 
 /// The model of `files`, its configuration's thread count pinned before the model is built.
-fn restore(files: &ModelFiles, device: &Device) -> Result<Predictor> {
+pub(crate) fn restore(files: &ModelFiles, device: &Device) -> Result<Predictor> {
     let config = Config::load(&files.config, &[])?;
     pin_threads(&config);
     Ok(Predictor::restore(config, &files.checkpoint, device)?)
@@ -193,107 +193,6 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Output format of `fgvc predict`.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Format {
-    /// Aligned columns.
-    Table,
-    /// `image,rank,class,name,probability`.
-    Csv,
-    /// One JSON document.
-    Json,
-}
-
-/// Arguments of `fgvc predict`.
-#[derive(Args, Debug)]
-pub struct PredictArgs {
-    /// Images, or directories searched recursively for .jpg/.jpeg/.png.
-    #[arg(required = true)]
-    pub images: Vec<PathBuf>,
-    /// A checkpoint file; its run directory's config.toml is used unless `--config` is given.
-    #[arg(long, conflicts_with = "run")]
-    pub checkpoint: Option<PathBuf>,
-    /// A run directory (its best.safetensors and config.toml).
-    #[arg(long)]
-    pub run: Option<PathBuf>,
-    /// The configuration the checkpoint was trained with.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Classes to show per image.
-    #[arg(long, default_value_t = 5)]
-    pub topk: usize,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-    /// Device.
-    #[arg(long, value_parser = device_parser(), default_value_t = DeviceChoice::Cpu)]
-    pub device: DeviceChoice,
-}
-
-/// Predicts the classes of images with a trained checkpoint.
-pub fn predict(args: &PredictArgs) -> Result<()> {
-    let files = match (&args.run, &args.checkpoint) {
-        (Some(run), _) => ModelFiles::of_run(&RunDir::open(run)?, Weights::Selected),
-        (None, Some(c)) => ModelFiles::beside(c),
-        (None, None) => bail!("give --checkpoint FILE (with --config FILE unless it is in a run directory) or --run DIR"),
-    };
-    let files = ModelFiles {
-        config: args.config.clone().unwrap_or(files.config),
-        ..files
-    };
-    if !files.config.exists() {
-        bail!(
-            "{} not found: pass --config with the checkpoint's configuration",
-            files.config.display()
-        );
-    }
-    let device = args.device.open()?;
-    let predictor = restore(&files, &device)?;
-    let images = image_files(&args.images)?;
-    let results = predictor.predict_images(&images, args.topk.max(1))?;
-    match args.format {
-        Format::Table => {
-            for p in &results {
-                println!("{}", p.image.display());
-                for r in &p.top {
-                    println!(
-                        "  {:>2}. {:>6.2}%  [{}] {}",
-                        r.rank,
-                        100.0 * r.probability,
-                        r.class,
-                        r.name
-                    );
-                }
-            }
-        }
-        Format::Csv => {
-            println!("image,rank,class,name,probability");
-            for p in &results {
-                for r in &p.top {
-                    println!(
-                        "{},{},{},\"{}\",{}",
-                        p.image.display(),
-                        r.rank,
-                        r.class,
-                        r.name.replace('"', "\"\""),
-                        r.probability
-                    );
-                }
-            }
-        }
-        Format::Json => {
-            let doc: Vec<serde_json::Value> = results
-                .iter()
-                .map(
-                    |p| serde_json::json!({ "image": p.image.display().to_string(), "top": p.top }),
-                )
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-        }
     }
     Ok(())
 }

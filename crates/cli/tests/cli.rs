@@ -108,9 +108,52 @@ fn train_eval_predict() {
         .output()
         .unwrap());
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[0], "image,rank,class,name,probability");
+    assert_eq!(lines[0], "image,rank,class,name,probability,error");
     assert_eq!(lines.len(), 1 + 2 * 3, "{stdout}");
     assert!(lines[1].contains("bird0.png,1,"), "{stdout}");
+
+    // One bad file among good ones: the others are still classified, the bad one's error is in the output,
+    // and the command exits non-zero.
+    std::fs::write(images.join("broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
+    let output = Command::new(FGVC)
+        .args(["predict", "--run"])
+        .arg(&run)
+        .arg(&images)
+        .args(["--topk", "2", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let doc = doc.as_array().unwrap();
+    assert_eq!(doc.len(), 3, "{doc:?}");
+    assert_eq!(doc.iter().filter(|p| p["top"].is_array()).count(), 2);
+    let bad = doc.iter().find(|p| p.get("error").is_some()).unwrap();
+    assert!(bad["image"].as_str().unwrap().ends_with("broken.png"));
+    assert!(
+        bad["error"].as_str().unwrap().contains("broken.png"),
+        "{bad}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("1 of 3 image(s) could not be classified"),
+        "{stderr}"
+    );
+    std::fs::remove_file(images.join("broken.png")).unwrap();
+
+    // --topk 0 is refused, not silently taken as 1.
+    let output = Command::new(FGVC)
+        .args(["predict", "--run"])
+        .arg(&run)
+        .arg(&images)
+        .args(["--topk", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--topk") && stderr.contains("at least 1"),
+        "{stderr}"
+    );
     let json = ok(Command::new(FGVC)
         .args(["predict", "--checkpoint"])
         .arg(run.join("best.safetensors"))

@@ -11,8 +11,10 @@
 //! let predictor = Predictor::open(&ModelFiles::of_run(&run, Weights::Selected), &Device::Cpu)?;
 //! let images = image_files(&["images/".into()])?;
 //! for prediction in predictor.predict_images(&images, 5)? {
-//!     let best = &prediction.top[0];
-//!     println!("{}: {} ({:.1}%)", prediction.image.display(), best.name, 100.0 * best.probability);
+//!     match &prediction.top {
+//!         Ok(top) => println!("{}: {} ({:.1}%)", prediction.image.display(), top[0].name, 100.0 * top[0].probability),
+//!         Err(e) => eprintln!("{e}"),
+//!     }
 //! }
 //! # Ok::<(), fgvc_train::TrainError>(())
 //! ```
@@ -91,13 +93,14 @@ pub struct Ranked {
     pub probability: f32,
 }
 
-/// The ranked classes of one image file.
+/// The ranked classes of one image file, or why it could not be classified.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImagePrediction {
     /// The image file.
     pub image: PathBuf,
-    /// Its most probable classes, most probable first.
-    pub top: Vec<Ranked>,
+    /// Its most probable classes, most probable first; or the error that kept this file from being classified
+    /// (it could not be read, decoded or transformed), so one bad file among many loses only its own result.
+    pub top: std::result::Result<Vec<Ranked>, String>,
 }
 
 /// A trained model ready to classify images: the method with the checkpoint's weights, the configuration it
@@ -168,24 +171,20 @@ impl Predictor {
     }
 
     fn stack(&self, pipeline: &Pipeline, paths: &[PathBuf]) -> Result<Tensor> {
-        // The evaluation pipeline is deterministic; the generator is only there to satisfy the interface.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let mut data = Vec::new();
-        let mut shape = (0, 0);
-        for path in paths {
-            let img = decode_image(path, "predict")?;
-            let transformed = pipeline
-                .apply(img, &mut rng)
-                .map_err(|e| TrainError::Msg(e.to_string()))?;
-            shape = (transformed.height() as usize, transformed.width() as usize);
-            data.extend(pipeline.normalize.to_chw(&transformed));
-        }
+        let images = paths
+            .iter()
+            .map(|path| prepare(pipeline, path))
+            .collect::<Result<Vec<_>>>()?;
+        self.batch(images)
+    }
+
+    /// One batch `(n, 3, height, width)` on the model's device from prepared images of one size.
+    fn batch(&self, images: Vec<Prepared>) -> Result<Tensor> {
+        let (h, w) = images.first().map_or((0, 0), |p| p.shape);
+        let n = images.len();
+        let data: Vec<f32> = images.into_iter().flat_map(|p| p.chw).collect();
         let device = self.method.store().device();
-        Ok(Tensor::from_vec(
-            data,
-            (paths.len(), 3, shape.0, shape.1),
-            device,
-        )?)
+        Ok(Tensor::from_vec(data, (n, 3, h, w), device)?)
     }
 
     /// The softmax probabilities of the classes of each image of `images` `(n, 3, height, width)` under the
@@ -198,23 +197,40 @@ impl Predictor {
     }
 
     /// Classifies image files in batches of [`Predictor::batch_size`]: each image's `k` most probable classes
-    /// (all of them when there are fewer), most probable first.
+    /// (all of them when there are fewer), most probable first. A file that cannot be read, decoded or
+    /// transformed gets its error in its [`ImagePrediction::top`] and the others are still classified; a
+    /// failure of the model itself, and `k == 0`, are errors of the whole call.
     pub fn predict_images(&self, paths: &[PathBuf], k: usize) -> Result<Vec<ImagePrediction>> {
+        if k == 0 {
+            return Err(TrainError::Msg(
+                "top-k: k must be at least 1 (the number of classes to show per image)".into(),
+            ));
+        }
         let (_, pipeline) = self.config.data.pipelines()?;
         let mut out = Vec::with_capacity(paths.len());
         for chunk in paths.chunks(self.batch_size()) {
-            let probabilities = self.probabilities(&self.stack(&pipeline, chunk)?)?;
-            for (path, row) in chunk.iter().zip(probabilities) {
-                let top = top_k(&row, k)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(rank, class)| Ranked {
-                        rank: rank + 1,
-                        class,
-                        name: self.class_name(class),
-                        probability: row[class],
-                    })
-                    .collect();
+            let mut good = Vec::with_capacity(chunk.len());
+            let mut errors = Vec::with_capacity(chunk.len());
+            for path in chunk {
+                match prepare(&pipeline, path) {
+                    Ok(p) => {
+                        good.push(p);
+                        errors.push(None);
+                    }
+                    Err(e) => errors.push(Some(e.to_string())),
+                }
+            }
+            let mut rows = if good.is_empty() {
+                Vec::new()
+            } else {
+                self.probabilities(&self.batch(good)?)?
+            }
+            .into_iter();
+            for (path, error) in chunk.iter().zip(errors) {
+                let top = match error {
+                    Some(e) => Err(e),
+                    None => Ok(self.rank(&rows.next().expect("one row per prepared image"), k)),
+                };
                 out.push(ImagePrediction {
                     image: path.clone(),
                     top,
@@ -223,6 +239,40 @@ impl Predictor {
         }
         Ok(out)
     }
+
+    /// The `k` most probable classes of one row of probabilities.
+    fn rank(&self, row: &[f32], k: usize) -> Vec<Ranked> {
+        top_k(row, k)
+            .into_iter()
+            .enumerate()
+            .map(|(rank, class)| Ranked {
+                rank: rank + 1,
+                class,
+                name: self.class_name(class),
+                probability: row[class],
+            })
+            .collect()
+    }
+}
+
+/// One image decoded and transformed by the evaluation pipeline, as CHW floats.
+struct Prepared {
+    chw: Vec<f32>,
+    shape: (usize, usize),
+}
+
+/// Decodes `path` and runs it through `pipeline` (deterministic at evaluation; the generator only satisfies
+/// the interface).
+fn prepare(pipeline: &Pipeline, path: &Path) -> Result<Prepared> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let img = decode_image(path, "predict")?;
+    let transformed = pipeline
+        .apply(img, &mut rng)
+        .map_err(|e| TrainError::Msg(format!("{}: {e}", path.display())))?;
+    Ok(Prepared {
+        shape: (transformed.height() as usize, transformed.width() as usize),
+        chw: pipeline.normalize.to_chw(&transformed),
+    })
 }
 
 /// The indices of the `k` largest `scores` (all of them when there are fewer), largest first; equal scores

@@ -109,13 +109,14 @@ fn predictions_of_a_restored_run_are_the_trained_methods_softmax_ranked() {
         assert_eq!(predictions.len(), 5);
         for ((prediction, path), want) in predictions.iter().zip(&paths).zip(&expected) {
             assert_eq!(&prediction.image, path);
-            assert_eq!(prediction.top.len(), k.min(4), "top-{k}");
-            for (i, r) in prediction.top.iter().enumerate() {
+            let top = prediction.top.as_ref().unwrap();
+            assert_eq!(top.len(), k.min(4), "top-{k}");
+            for (i, r) in top.iter().enumerate() {
                 assert_eq!(r.rank, i + 1);
                 assert_eq!(r.name, names[r.class]);
                 assert!((r.probability as f64 - want[r.class]).abs() < 1e-6);
                 // Sorted, and no class is more probable than one ranked above it.
-                if let Some(next) = prediction.top.get(i + 1) {
+                if let Some(next) = top.get(i + 1) {
                     assert!(r.probability >= next.probability);
                 }
                 let better = want.iter().filter(|&&p| p > want[r.class] + 1e-6).count();
@@ -128,8 +129,46 @@ fn predictions_of_a_restored_run_are_the_trained_methods_softmax_ranked() {
             }
         }
         if k >= 4 {
-            let total: f32 = predictions[0].top.iter().map(|r| r.probability).sum();
+            let total: f32 = predictions[0]
+                .top
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|r| r.probability)
+                .sum();
             assert!((total - 1.0).abs() < 1e-5, "all classes sum to {total}");
+        }
+    }
+    assert!(predictor
+        .predict_images(&paths, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("at least 1"));
+
+    // A file that cannot be decoded gets its own error; the files around it, in the same batch and after
+    // it, are still classified exactly as before.
+    let broken = root.join("broken.jpg");
+    std::fs::write(&broken, b"\xff\xd8\xff not a jpeg").unwrap();
+    let mixed = [
+        paths[0].clone(),
+        broken.clone(),
+        paths[1].clone(),
+        paths[4].clone(),
+    ];
+    let predictions = predictor.predict_images(&mixed, 2).unwrap();
+    assert_eq!(predictions.len(), 4);
+    let error = predictions[1].top.as_ref().unwrap_err();
+    assert!(error.contains("broken.jpg"), "{error}");
+    let alone = predictor.predict_images(&paths, 2).unwrap();
+    for (got, want) in [(0, 0), (2, 1), (3, 4)] {
+        assert_eq!(predictions[got].image, alone[want].image);
+        let (got, want) = (
+            predictions[got].top.as_ref().unwrap(),
+            alone[want].top.as_ref().unwrap(),
+        );
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!((g.rank, g.class), (w.rank, w.class));
+            assert!((g.probability - w.probability).abs() < 1e-6);
         }
     }
 
