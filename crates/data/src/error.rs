@@ -64,8 +64,8 @@ pub enum DataError {
         /// Where to get it and what layout is expected.
         hint: String,
     },
-    /// A line of an index file that does not parse.
-    #[error("{}:{line}: {message}", path.display())]
+    /// A line of an index file that does not parse, or an index that is inconsistent.
+    #[error("{}{}: {message}", path.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
     Parse {
         /// The index file.
         path: PathBuf,
