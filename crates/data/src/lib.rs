@@ -72,6 +72,7 @@ pub mod split;
 pub mod synthetic;
 mod text;
 pub mod verify;
+pub mod walk;
 
 pub use dataset::{
     decode_bytes, decode_image, BBox, CropPolicy, Dataset, ImageSource, Sample, SampleSet, Split,

@@ -307,6 +307,12 @@ impl Loader {
         config: LoaderConfig,
         device: &Device,
     ) -> Result<Self> {
+        if dataset.is_empty() {
+            return Err(DataError::Config(format!(
+                "the dataset is empty: {} has no samples",
+                dataset.name()
+            )));
+        }
         config.validate(dataset.len())?;
         pipeline.validate().map_err(|source| DataError::Augment {
             what: "the pipeline configuration".into(),

@@ -43,9 +43,9 @@ pub struct SplitReport {
 }
 
 impl SplitReport {
-    /// Whether every listed image is present and readable.
+    /// Whether the split lists images and every one is present and readable.
     pub fn is_ok(&self) -> bool {
-        self.missing.is_empty() && self.unreadable.is_empty()
+        self.total > 0 && self.missing.is_empty() && self.unreadable.is_empty()
     }
 }
 
@@ -198,6 +198,9 @@ impl fmt::Display for VerifyReport {
                 s.missing.len(),
                 s.unreadable.len()
             )?;
+            if s.total == 0 {
+                writeln!(f, "        the {} split is empty", s.split)?;
+            }
             for (label, (&count, name)) in s.per_class.iter().zip(&self.class_names).enumerate() {
                 if count == 0 {
                     writeln!(
