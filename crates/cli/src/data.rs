@@ -22,6 +22,11 @@ pub struct VerifyArgs {
     /// Also print the image count of every class in every split.
     #[arg(long)]
     pub per_class: bool,
+    /// The largest image accepted, in pixels (width x height), read from each file's header before it is
+    /// decoded; larger ones are reported as unreadable.
+    #[arg(long, default_value_t = fgvc_data::DEFAULT_MAX_IMAGE_PIXELS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_pixels: u64,
 }
 
 /// How thoroughly `verify` reads each image.
@@ -48,6 +53,7 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         (None, DatasetKind::Synthetic) => PathBuf::new(),
         (None, _) => bail!("--root is required for the {} dataset", args.dataset),
     };
+    fgvc_data::set_max_image_pixels(args.max_image_pixels)?;
     let report = verify(kind, &root, &OpenOptions::default(), check)?;
     print!("{report}");
     if args.per_class {

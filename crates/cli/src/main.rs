@@ -75,6 +75,10 @@ pub struct PreviewArgs {
     /// Where to write the PNG.
     #[arg(long, default_value = "runs/preview.png")]
     pub out: PathBuf,
+    /// The largest image accepted, in pixels (width x height), read from the file's header before decoding.
+    #[arg(long, default_value_t = fgvc_data::DEFAULT_MAX_IMAGE_PIXELS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_pixels: u64,
 }
 
 fn main() -> Result<()> {

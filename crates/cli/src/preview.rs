@@ -19,6 +19,7 @@ pub fn run(args: &PreviewArgs) -> Result<()> {
             args.size
         );
     }
+    fgvc_data::set_max_image_pixels(args.max_image_pixels)?;
     let sources = source_images(args)?;
     let pixels = Normalize::new([0.0; 3], [1.0; 3])?; // ToTensor only: values in [0, 1]
     let device = Device::Cpu;

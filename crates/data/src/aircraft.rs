@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::{BBox, CropPolicy, ImageSource, Sample, SampleSet, Split};
 use crate::error::{DataError, Result};
 use crate::split::{OfficialSplits, Validation};
-use crate::text::{numbers_after_id, read_lines, split_first};
+use crate::text::{numbers_after_id, read_lines, read_nonempty_lines, split_first, Keyed};
 
 /// The dataset's display name.
 pub const NAME: &str = "FGVC-Aircraft";
@@ -106,17 +106,24 @@ pub fn resolve_data_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("data"))
 }
 
+/// One image list, `images_<level>_<which>.txt`: the image ids it lists, with their lines, and its samples.
+struct List {
+    ids: Keyed<()>,
+    samples: Vec<Sample>,
+}
+
 fn list(
     data: &Path,
     level: Level,
     which: &str,
     label_of: &HashMap<&str, u32>,
-    boxes: &HashMap<String, BBox>,
-) -> Result<Vec<Sample>> {
+    boxes: &Keyed<BBox>,
+) -> Result<List> {
     let path = data.join(format!("images_{level}_{which}.txt"));
     let images = data.join("images");
-    let mut out = Vec::new();
-    for l in read_lines(data, &path, NAME, HINT)? {
+    let mut ids = Keyed::new(&path, "image");
+    let mut samples = Vec::new();
+    for l in read_nonempty_lines(data, &path, NAME, HINT)? {
         let (id, name) = split_first(&l, &path)?;
         let label = *label_of.get(name.as_str()).ok_or_else(|| {
             DataError::parse(
@@ -125,53 +132,56 @@ fn list(
                 format!("{name:?} is not listed in {}", level.classes_file()),
             )
         })?;
-        out.push(Sample {
+        ids.insert(id.clone(), (), l.number)?;
+        samples.push(Sample {
             source: ImageSource::Path(images.join(format!("{id}.jpg"))),
             label,
             bbox: boxes.get(&id).copied(),
         });
     }
-    Ok(out)
+    Ok(List { ids, samples })
+}
+
+/// An error when an image of `a` is also in `b`: lists meant to be disjoint (train and test) must be.
+fn disjoint(a: &List, b: &List) -> Result<()> {
+    a.ids.disjoint_from(&b.ids)
 }
 
 /// Parse the lists of `level` into the official splits: train = `trainval`, official validation =
 /// (`train`, `val`), test = `test`. Images lose their bottom banner; with `bbox_crop` they are also cropped
 /// to their box (allowed for training only by the benchmark protocol).
+///
+/// The lists are checked, not trusted: an empty list, an image listed twice in one list, an image in both
+/// `trainval` and `test` (or `train` and `val`), a name that the class list lacks, or a class name listed
+/// twice is an error naming the file and line.
 pub fn official(root: &Path, level: Level, bbox_crop: bool) -> Result<OfficialSplits> {
     let data = resolve_data_dir(root);
     let classes_path = data.join(level.classes_file());
-    let class_names: Vec<String> = read_lines(&data, &classes_path, NAME, HINT)?
-        .into_iter()
-        .map(|l| l.text)
-        .collect();
+    let mut names: Keyed<()> = Keyed::new(&classes_path, "class name");
+    let mut class_names = Vec::new();
+    for l in read_nonempty_lines(&data, &classes_path, NAME, HINT)? {
+        names.insert(l.text.clone(), (), l.number)?;
+        class_names.push(l.text);
+    }
     let label_of: HashMap<&str, u32> = class_names
         .iter()
         .enumerate()
         .map(|(i, n)| (n.as_str(), i as u32))
         .collect();
-    if label_of.len() != class_names.len() {
-        return Err(DataError::parse(
-            &classes_path,
-            0,
-            "a class name appears twice",
-        ));
-    }
 
     let boxes_path = data.join("images_box.txt");
-    let mut boxes = HashMap::new();
+    let mut boxes = Keyed::new(&boxes_path, "image");
     if boxes_path.is_file() {
         for l in read_lines(&data, &boxes_path, NAME, HINT)? {
             let (id, v) = numbers_after_id(&l, &boxes_path, 4)?;
             // 1-based inclusive corners.
-            boxes.insert(
-                id,
-                BBox {
-                    x: (v[0] - 1.0) as f32,
-                    y: (v[1] - 1.0) as f32,
-                    width: (v[2] - v[0] + 1.0) as f32,
-                    height: (v[3] - v[1] + 1.0) as f32,
-                },
-            );
+            let bbox = BBox {
+                x: (v[0] - 1.0) as f32,
+                y: (v[1] - 1.0) as f32,
+                width: (v[2] - v[0] + 1.0) as f32,
+                height: (v[3] - v[1] + 1.0) as f32,
+            };
+            boxes.insert(id, bbox, l.number)?;
         }
     } else if bbox_crop {
         return Err(DataError::NotADataset {
@@ -186,24 +196,33 @@ pub fn official(root: &Path, level: Level, bbox_crop: bool) -> Result<OfficialSp
         bottom_rows: BANNER_ROWS,
         bbox: bbox_crop,
     };
-    let make = |which: &str, split: Split| -> Result<SampleSet> {
-        let samples = list(&data, level, which, &label_of, &boxes)?;
+    let make = |list: List, split: Split| -> Result<SampleSet> {
         Ok(SampleSet::new(
             format!("{NAME} {level} ({split})"),
             class_names.clone(),
-            samples,
+            list.samples,
         )?
         .with_crop(crop))
     };
-    let train = make("trainval", Split::Train)?;
-    let official_val = match (make("train", Split::Train), make("val", Split::Val)) {
-        (Ok(t), Ok(v)) => Some((t, v)),
-        _ => None,
+    let read = |which: &str| list(&data, level, which, &label_of, &boxes);
+    let trainval = read("trainval")?;
+    // The official train/val pair is optional; when both files are there, they must be sound.
+    let pair = |which: &str| data.join(format!("images_{level}_{which}.txt")).is_file();
+    let official_val = if pair("train") && pair("val") {
+        let (train, val) = (read("train")?, read("val")?);
+        disjoint(&train, &val)?;
+        Some((make(train, Split::Train)?, make(val, Split::Val)?))
+    } else {
+        None
     };
+    let test = read("test").and_then(|test| {
+        disjoint(&trainval, &test)?;
+        make(test, Split::Test)
+    });
     Ok(OfficialSplits {
-        train,
+        train: make(trainval, Split::Train)?,
         official_val,
-        test: make("test", Split::Test),
+        test,
     })
 }
 

@@ -16,7 +16,10 @@
 //! copy nests each folder in itself (`cars_train/cars_train/`); that is accepted too. Annotations are MATLAB
 //! v5 struct arrays (`annotations` with `bbox_x1, bbox_y1, bbox_x2, bbox_y2, class, fname`, or for layout C
 //! `relative_im_path, ..., class, test`), read by [`crate::mat5`]; boxes are 1-based inclusive pixels.
+//! They are checked, not trusted: no annotation at all, an image listed twice, a class outside
+//! `1..=len(class_names)` or a test flag other than 0 and 1 is an error naming the file and element.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{BBox, CropPolicy, ImageSource, Sample, SampleSet, Split};
@@ -153,6 +156,9 @@ fn class_names(file: &MatFile, path: &Path) -> Result<Vec<String>> {
                 ),
             )
         })?;
+    if cell.items.is_empty() {
+        return Err(DataError::mat(path, "class_names is empty"));
+    }
     cell.items
         .iter()
         .enumerate()
@@ -162,6 +168,52 @@ fn class_names(file: &MatFile, path: &Path) -> Result<Vec<String>> {
             })
         })
         .collect()
+}
+
+/// The `annotations` struct array of `path`, refused when it has no element.
+fn annotations<'a>(file: &'a MatFile, path: &Path) -> Result<&'a StructArray> {
+    let s = struct_var(file, path, "annotations")?;
+    if s.is_empty() {
+        return Err(DataError::mat(
+            path,
+            "\"annotations\" has no element: the file lists no image",
+        ));
+    }
+    Ok(s)
+}
+
+/// Remembers the file name of every annotation element: one listed twice is an error naming both elements.
+struct SeenFiles<'a> {
+    path: &'a Path,
+    field: &'static str,
+    first: HashMap<String, usize>,
+}
+
+impl<'a> SeenFiles<'a> {
+    fn new(path: &'a Path, field: &'static str) -> Self {
+        SeenFiles {
+            path,
+            field,
+            first: HashMap::new(),
+        }
+    }
+
+    /// Records the name of element `i` (0-based).
+    fn add(&mut self, i: usize, name: &str) -> Result<()> {
+        if let Some(first) = self.first.insert(name.to_string(), i) {
+            return Err(DataError::mat(
+                self.path,
+                format!(
+                    "element {}: {} {name:?} appears a second time (first as element {}); each image \
+                     may be listed once",
+                    i + 1,
+                    self.field,
+                    first + 1
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn read_required(root: &Path, rel: &str) -> Result<(PathBuf, MatFile)> {
@@ -185,10 +237,12 @@ fn devkit_split(
     split: Split,
     bbox_crop: bool,
 ) -> Result<SampleSet> {
-    let s = struct_var(annos, annos_path, "annotations")?;
+    let s = annotations(annos, annos_path)?;
+    let mut seen = SeenFiles::new(annos_path, "fname");
     let mut samples = Vec::with_capacity(s.len());
     for i in 0..s.len() {
         let fname = field_string(s, i, "fname", annos_path)?;
+        seen.add(i, &fname)?;
         samples.push(Sample {
             source: ImageSource::Path(images.join(fname)),
             label: label(s, i, annos_path, class_names.len())?,
@@ -220,19 +274,27 @@ pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
                 }
                 Err(e) => return Err(e),
             };
-            let s = struct_var(&file, &path, "annotations")?;
+            let s = annotations(&file, &path)?;
+            let mut seen = SeenFiles::new(&path, "relative_im_path");
             let (mut train, mut test) = (Vec::new(), Vec::new());
             for i in 0..s.len() {
                 let rel = field_string(s, i, "relative_im_path", &path)?;
+                seen.add(i, &rel)?;
                 let sample = Sample {
                     source: ImageSource::Path(root.join(rel)),
                     label: label(s, i, &path, names.len())?,
                     bbox: bbox(s, i, &path)?,
                 };
-                if field_f64(s, i, "test", &path)? != 0.0 {
+                let flag = field_f64(s, i, "test", &path)?;
+                if flag == 1.0 {
                     test.push(sample);
-                } else {
+                } else if flag == 0.0 {
                     train.push(sample);
+                } else {
+                    return Err(DataError::mat(
+                        &path,
+                        format!("element {}: test flag {flag} is neither 0 nor 1", i + 1),
+                    ));
                 }
             }
             let crop = CropPolicy {

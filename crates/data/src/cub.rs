@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::dataset::{BBox, CropPolicy, ImageSource, Sample, SampleSet, Split};
 use crate::error::{DataError, Result};
 use crate::split::{OfficialSplits, Validation};
-use crate::text::{numbers_after_id, read_lines, split_first};
+use crate::text::{numbers_after_id, read_lines, read_nonempty_lines, split_first, Keyed};
 
 /// The dataset's display name.
 pub const NAME: &str = "CUB-200-2011";
@@ -34,34 +34,33 @@ pub fn resolve_root(root: &Path) -> PathBuf {
 
 /// Parse the index files into the official train and test lists. With `bbox_crop`, images are cropped to
 /// their bounding box (which then must exist in `bounding_boxes.txt`).
+///
+/// The indexes are checked, not trusted: an empty file, a malformed line, an id listed twice in one file
+/// (even with the same value), a class id that `classes.txt` lacks, an image id that one index has and
+/// another lacks, or one image file listed under two ids is an error naming the file and line.
 pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
     let root = resolve_root(root);
     let lines = |name: &str| {
         let p = root.join(name);
-        read_lines(&root, &p, NAME, HINT).map(|l| (p, l))
+        read_nonempty_lines(&root, &p, NAME, HINT).map(|l| (p, l))
     };
 
     let (classes_path, class_lines) = lines("classes.txt")?;
+    let mut class_ids: Keyed<()> = Keyed::new(&classes_path, "class id");
     let mut classes: Vec<(u64, String)> = Vec::with_capacity(class_lines.len());
     for l in &class_lines {
         let (id, name) = split_first(l, &classes_path)?;
-        let id: u64 = id.parse().map_err(|_| {
+        let number: u64 = id.parse().map_err(|_| {
             DataError::parse(
                 &classes_path,
                 l.number,
                 format!("class id {id:?} is not an integer"),
             )
         })?;
-        classes.push((id, name));
+        class_ids.insert(number.to_string(), (), l.number)?;
+        classes.push((number, name));
     }
     classes.sort_by_key(|c| c.0);
-    if let Some(w) = classes.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(DataError::parse(
-            &classes_path,
-            0,
-            format!("class id {} appears twice", w[0].0),
-        ));
-    }
     let label_of: HashMap<u64, u32> = classes
         .iter()
         .enumerate()
@@ -70,7 +69,7 @@ pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
     let class_names: Vec<String> = classes.into_iter().map(|c| c.1).collect();
 
     let (labels_path, label_lines) = lines("image_class_labels.txt")?;
-    let mut labels: HashMap<String, u32> = HashMap::with_capacity(label_lines.len());
+    let mut labels: Keyed<u32> = Keyed::new(&labels_path, "image id");
     for l in &label_lines {
         let (id, class) = split_first(l, &labels_path)?;
         let label = class
@@ -81,14 +80,17 @@ pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
                 DataError::parse(
                     &labels_path,
                     l.number,
-                    format!("class {class:?} is not listed in classes.txt"),
+                    format!(
+                        "class {class:?} is not listed in classes.txt (class ids: {})",
+                        id_range(&label_of)
+                    ),
                 )
             })?;
-        labels.insert(id, label);
+        labels.insert(id, label, l.number)?;
     }
 
     let (split_path, split_lines) = lines("train_test_split.txt")?;
-    let mut is_train: HashMap<String, bool> = HashMap::with_capacity(split_lines.len());
+    let mut is_train: Keyed<bool> = Keyed::new(&split_path, "image id");
     for l in &split_lines {
         let (id, flag) = split_first(l, &split_path)?;
         let train = match flag.as_str() {
@@ -102,23 +104,21 @@ pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
                 ))
             }
         };
-        is_train.insert(id, train);
+        is_train.insert(id, train, l.number)?;
     }
 
     let boxes_path = root.join("bounding_boxes.txt");
-    let mut boxes: HashMap<String, BBox> = HashMap::new();
+    let mut boxes: Keyed<BBox> = Keyed::new(&boxes_path, "image id");
     if boxes_path.exists() {
         for l in read_lines(&root, &boxes_path, NAME, HINT)? {
             let (id, v) = numbers_after_id(&l, &boxes_path, 4)?;
-            boxes.insert(
-                id,
-                BBox {
-                    x: v[0] as f32,
-                    y: v[1] as f32,
-                    width: v[2] as f32,
-                    height: v[3] as f32,
-                },
-            );
+            let bbox = BBox {
+                x: v[0] as f32,
+                y: v[1] as f32,
+                width: v[2] as f32,
+                height: v[3] as f32,
+            };
+            boxes.insert(id, bbox, l.number)?;
         }
     } else if bbox_crop {
         return Err(DataError::NotADataset {
@@ -131,30 +131,25 @@ pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
 
     let (images_path, image_lines) = lines("images.txt")?;
     let images_dir = root.join("images");
+    let mut ids: Keyed<()> = Keyed::new(&images_path, "image id");
+    let mut files: Keyed<()> = Keyed::new(&images_path, "image file");
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for l in &image_lines {
         let (id, rel) = split_first(l, &images_path)?;
-        let label = *labels.get(&id).ok_or_else(|| {
+        ids.insert(id.clone(), (), l.number)?;
+        files.insert(rel.clone(), (), l.number)?;
+        let missing = |other: &Path| {
             DataError::parse(
                 &images_path,
                 l.number,
-                format!("image id {id} has no entry in {}", labels_path.display()),
+                format!("image id {id} has no line in {}", other.display()),
             )
-        })?;
-        let train_flag = *is_train.get(&id).ok_or_else(|| {
-            DataError::parse(
-                &images_path,
-                l.number,
-                format!("image id {id} has no entry in {}", split_path.display()),
-            )
-        })?;
+        };
+        let label = *labels.get(&id).ok_or_else(|| missing(&labels_path))?;
+        let train_flag = *is_train.get(&id).ok_or_else(|| missing(&split_path))?;
         let bbox = boxes.get(&id).copied();
         if bbox_crop && bbox.is_none() {
-            return Err(DataError::parse(
-                &boxes_path,
-                0,
-                format!("image id {id} has no bounding box"),
-            ));
+            return Err(missing(&boxes_path));
         }
         let sample = Sample {
             source: ImageSource::Path(images_dir.join(rel)),
@@ -167,11 +162,23 @@ pub fn official(root: &Path, bbox_crop: bool) -> Result<OfficialSplits> {
             test.push(sample);
         }
     }
+    let listed = |id: &str| ids.contains(id);
+    labels.all_in(listed, &images_path)?;
+    is_train.all_in(listed, &images_path)?;
+    boxes.all_in(listed, &images_path)?;
     let crop = CropPolicy {
         bottom_rows: 0,
         bbox: bbox_crop,
     };
     OfficialSplits::train_test(NAME, class_names, train, test, crop)
+}
+
+/// The smallest and largest class id, for messages.
+fn id_range(label_of: &HashMap<u64, u32>) -> String {
+    match (label_of.keys().min(), label_of.keys().max()) {
+        (Some(a), Some(b)) => format!("{a}..={b}"),
+        _ => "none".into(),
+    }
 }
 
 /// The samples of `split` (see [`Validation`] for how `Val` is made).

@@ -2,7 +2,7 @@
 //! one implementation that CUB, Stanford Cars, FGVC-Aircraft and image folders all produce.
 
 use std::fmt;
-use std::io::ErrorKind;
+use std::io::{Cursor, ErrorKind};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
+use crate::image_limit;
 
 /// Which part of a dataset: the training set, a held-out validation set, or the test set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -198,7 +199,7 @@ impl<D: Dataset + ?Sized> Dataset for Arc<D> {
 /// 16-bit and alpha images become plain RGB (alpha is dropped, as PIL's `convert("RGB")` does).
 ///
 /// A missing file is [`DataError::MissingImage`]; an unreadable one [`DataError::Io`]; a corrupt or truncated
-/// one [`DataError::Decode`]. All name the file. See [`decode_bytes`].
+/// one [`DataError::Decode`]; one larger than the pixel limit [`DataError::TooManyPixels`]. All name the file. See [`decode_bytes`].
 pub fn decode_image(path: &Path, dataset: &str) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => DataError::MissingImage {
@@ -212,6 +213,10 @@ pub fn decode_image(path: &Path, dataset: &str) -> Result<RgbImage> {
 
 /// Decode image bytes (JPEG or PNG, detected from the content) to RGB; `path` is only used in errors.
 ///
+/// The size the header claims is checked against the pixel limit ([`crate::set_max_image_pixels`]) before
+/// anything is decoded: a larger image is [`DataError::TooManyPixels`], and no decoder may allocate more
+/// than an image within the limit needs.
+///
 /// JPEGs are decoded strictly: a file cut short (a partial download) is an error, as in PIL, rather than an
 /// image padded with grey. A JPEG that lacks only its end-of-image marker still decodes, as in PIL. EXIF
 /// orientation is ignored, as PIL and torchvision do.
@@ -221,35 +226,36 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         source,
     };
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return decode_jpeg(bytes).map_err(decode_err);
+        return decode_jpeg(bytes, path);
     }
-    let format = image::guess_format(bytes).map_err(decode_err)?;
-    let img = image::load_from_memory_with_format(bytes, format).map_err(decode_err)?;
+    let (width, height) = image_limit::read_dimensions(Cursor::new(bytes), path)?;
+    image_limit::check_pixels(path, width, height)?;
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?;
+    reader.limits(image_limit::decoder_limits());
+    let img = reader.decode().map_err(decode_err)?;
     Ok(img.into_rgb8())
 }
 
-fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, image::ImageError> {
+fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     use zune_core::bytestream::ZCursor;
     use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
-    let err = |message: String| {
-        image::ImageError::Decoding(image::error::DecodingError::new(
-            image::error::ImageFormatHint::Exact(image::ImageFormat::Jpeg),
-            message,
-        ))
+    let err = |message: String| DataError::Decode {
+        path: path.to_path_buf(),
+        source: image_limit::jpeg_error(message),
     };
-    // Strict mode turns "ran out of data" into an error; the output is RGB whatever the file holds
-    // (grayscale is expanded, CMYK and YCCK are converted).
-    let options = DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(1 << 16)
-        .set_max_height(1 << 16)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = decoder.decode().map_err(|e| err(format!("{e:?}")))?;
+    let mut decoder =
+        zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), image_limit::jpeg_options());
+    // The header first: its claimed size is checked before the pixels are allocated.
+    decoder
+        .decode_headers()
+        .map_err(|e| err(format!("{e:?}")))?;
     let (w, h) = decoder
         .dimensions()
         .ok_or_else(|| err("no image dimensions".into()))?;
+    image_limit::check_pixels(path, w as u32, h as u32)?;
+    let pixels = decoder.decode().map_err(|e| err(format!("{e:?}")))?;
     let colorspace = decoder.output_colorspace().unwrap_or(ColorSpace::RGB);
     if colorspace != ColorSpace::RGB {
         return Err(err(format!(

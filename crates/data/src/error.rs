@@ -24,6 +24,26 @@ pub enum DataError {
         #[source]
         source: image::ImageError,
     },
+    /// An image whose header claims more pixels than the limit ([`crate::set_max_image_pixels`]); nothing of
+    /// it was decoded.
+    #[error(
+        "image {} claims {width}x{height} = {} pixels, more than the limit of {limit} pixels (a \
+         decompression bomb, or a huge photo); nothing was decoded. If the file is trusted, raise the limit: \
+         data.max_image_pixels in the configuration, --max-image-pixels on the command line, or \
+         fgvc_data::set_max_image_pixels",
+        path.display(),
+        u64::from(*width) * u64::from(*height)
+    )]
+    TooManyPixels {
+        /// The image file.
+        path: PathBuf,
+        /// The width its header claims.
+        width: u32,
+        /// The height its header claims.
+        height: u32,
+        /// The limit in force.
+        limit: u64,
+    },
     /// An image file named by the dataset's index does not exist.
     #[error("image {} is missing (listed by the {dataset} index)", path.display())]
     MissingImage {
@@ -44,8 +64,8 @@ pub enum DataError {
         /// Where to get it and what layout is expected.
         hint: String,
     },
-    /// A line of an index file that does not parse.
-    #[error("{}:{line}: {message}", path.display())]
+    /// A line of an index file that does not parse, or an index that is inconsistent.
+    #[error("{}{}: {message}", path.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
     Parse {
         /// The index file.
         path: PathBuf,

@@ -9,12 +9,19 @@
 //!
 //! Classes are the sorted names of the training sub-folders; labels are their ranks. Files are taken in
 //! sorted order, and only `.jpg`, `.jpeg` and `.png` files (any case) that do not start with a dot count.
+//! Symbolic links are followed, but a file reached twice (a link to another image of the split) counts once
+//! (see [`crate::walk`]). Fewer than two classes with training images is an error: a classifier of one class
+//! is always right. Class folders without images are reported in one warning per folder of classes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use crate::dataset::{ImageSource, Sample, SampleSet, Split};
 use crate::error::{DataError, Result};
 use crate::split::{OfficialSplits, Validation};
+use crate::walk::{sorted_entries, Walker};
 
 /// The dataset's display name.
 pub const NAME: &str = "image folder";
@@ -25,15 +32,6 @@ pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 const HINT: &str =
     "an image folder is either root/train/<class>/*.jpg plus root/test/<class>/*.jpg, or \
 root/<class>/*.jpg (one folder per class; .jpg, .jpeg and .png files).";
-
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| DataError::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|e| DataError::io(dir, e)))
-        .collect::<Result<_>>()?;
-    out.sort();
-    Ok(out)
-}
 
 fn is_hidden(p: &Path) -> bool {
     p.file_name()
@@ -71,13 +69,46 @@ fn class_dirs(root: &Path, dir: &Path) -> Result<Vec<String>> {
             hint: format!("{} has no class sub-folders; {HINT}", dir.display()),
         });
     }
+    if classes.len() < 2 {
+        return Err(too_few_classes(dir, &classes));
+    }
     Ok(classes)
+}
+
+fn too_few_classes(dir: &Path, with_images: &[String]) -> DataError {
+    DataError::Config(format!(
+        "the image folder {} has {} class{} with images ({}): a classifier needs at least two classes \
+         (one sub-folder of images per class)",
+        dir.display(),
+        with_images.len(),
+        if with_images.len() == 1 { "" } else { "es" },
+        if with_images.is_empty() {
+            "none".to_string()
+        } else {
+            with_images.join(", ")
+        }
+    ))
+}
+
+/// Logs `message` the first time it is asked for `key` in this process: a dataset is opened once per split,
+/// and its warnings should not repeat each time.
+fn warn_once(key: String, message: impl FnOnce() -> String) {
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.get_or_insert_with(HashSet::new).insert(key) {
+        tracing::warn!("{}", message());
+    }
 }
 
 /// The samples under `dir/<class>/`, labelled by position in `classes`; a sub-folder not in `classes` is an
 /// error.
+///
+/// Class folders without images are reported in one warning; a file that the walk reaches twice is
+/// counted once (the first time) and reported.
 fn scan(dir: &Path, classes: &[String], split: Split) -> Result<SampleSet> {
     let mut samples = Vec::new();
+    let mut walker = Walker::new();
+    let mut empty = Vec::new();
     for sub in sorted_entries(dir)?
         .into_iter()
         .filter(|p| p.is_dir() && !is_hidden(p))
@@ -93,18 +124,55 @@ fn scan(dir: &Path, classes: &[String], split: Split) -> Result<SampleSet> {
                 sub.display()
             ))
         })? as u32;
-        let files: Vec<PathBuf> = sorted_entries(&sub)?
-            .into_iter()
-            .filter(|p| p.is_file() && !is_hidden(p) && is_image_file(p))
-            .collect();
+        let files = walker.files(&sub, Some(0), |p| {
+            p.is_file() && !is_hidden(p) && is_image_file(p)
+        })?;
         if files.is_empty() {
-            tracing::warn!("class folder {} has no images", sub.display());
+            empty.push(name.clone());
         }
         samples.extend(files.into_iter().map(|p| Sample {
             source: ImageSource::Path(p),
             label,
             bbox: None,
         }));
+    }
+    if !empty.is_empty() {
+        warn_once(format!("empty {}", dir.display()), || {
+            format!(
+                "{} class folder{} of {} ha{} no images: {}",
+                empty.len(),
+                if empty.len() == 1 { "" } else { "s" },
+                dir.display(),
+                if empty.len() == 1 { "s" } else { "ve" },
+                empty.join(", ")
+            )
+        });
+    }
+    if !walker.duplicates().is_empty() {
+        warn_once(format!("duplicates {}", dir.display()), || {
+            let list: Vec<String> = walker
+                .duplicates()
+                .iter()
+                .map(|(again, first)| format!("{} (= {})", again.display(), first.display()))
+                .collect();
+            format!(
+                "{} file(s) under {} are the same file as another and count once: {}",
+                list.len(),
+                dir.display(),
+                list.join(", ")
+            )
+        });
+    }
+    if split == Split::Train {
+        let mut with_images: Vec<u32> = samples.iter().map(|s| s.label).collect();
+        with_images.dedup();
+        if with_images.len() < 2 {
+            let names: Vec<String> = with_images
+                .iter()
+                .map(|&l| classes[l as usize].clone())
+                .collect();
+            return Err(too_few_classes(dir, &names));
+        }
     }
     SampleSet::new(
         format!("{NAME} {} ({split})", dir.display()),

@@ -63,6 +63,7 @@ pub mod cub;
 mod dataset;
 mod error;
 pub mod folder;
+mod image_limit;
 mod loader;
 pub mod mat5;
 mod open;
@@ -71,11 +72,15 @@ pub mod split;
 pub mod synthetic;
 mod text;
 pub mod verify;
+pub mod walk;
 
 pub use dataset::{
     decode_bytes, decode_image, BBox, CropPolicy, Dataset, ImageSource, Sample, SampleSet, Split,
 };
 pub use error::{DataError, Result};
+pub use image_limit::{
+    check_image_header, max_image_pixels, set_max_image_pixels, DEFAULT_MAX_IMAGE_PIXELS,
+};
 pub use loader::{sample_rng, Batch, Epoch, Loader, LoaderConfig, Prepared};
 pub use open::{official, open, DatasetKind, OpenOptions};
 pub use split::{holdout, stratified_holdout, OfficialSplits, Subset, Validation};

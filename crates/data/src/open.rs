@@ -106,7 +106,8 @@ pub fn official(kind: DatasetKind, root: &Path, options: &OpenOptions) -> Result
     }
 }
 
-/// Open `split` of a dataset. `root` is ignored for the synthetic kind.
+/// Open `split` of a dataset. `root` is ignored for the synthetic kind. A split without images is an error
+/// naming the split and the root.
 ///
 /// ```
 /// use fgvc_data::{open, DatasetKind, OpenOptions, Split};
@@ -122,6 +123,17 @@ pub fn open(
 ) -> Result<Arc<dyn Dataset>> {
     Ok(match kind {
         DatasetKind::Synthetic => Arc::new(Synthetic::new(options.synthetic, split)?),
-        _ => Arc::new(official(kind, root, options)?.select(split, &options.validation)?),
+        _ => {
+            let set = official(kind, root, options)?.select(split, &options.validation)?;
+            if set.is_empty() {
+                return Err(DataError::Config(format!(
+                    "the dataset is empty: the {split} split of the {kind} dataset at {} has no images \
+                     ({})",
+                    root.display(),
+                    set.name()
+                )));
+            }
+            Arc::new(set)
+        }
     })
 }

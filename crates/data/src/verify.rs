@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::dataset::{decode_image, Dataset, Split};
 use crate::error::{DataError, Result};
+use crate::image_limit::check_image_header;
 use crate::open::{official, DatasetKind, OpenOptions};
 use crate::synthetic::Synthetic;
 
@@ -16,7 +17,8 @@ use crate::synthetic::Synthetic;
 pub enum Check {
     /// The file exists.
     Exists,
-    /// The file exists and its header names a supported format and a size.
+    /// The file exists and its header names a supported format and a size within the pixel limit
+    /// ([`crate::set_max_image_pixels`]).
     Header,
     /// The whole image decodes (catches truncated and corrupt files; the slowest).
     #[default]
@@ -41,9 +43,9 @@ pub struct SplitReport {
 }
 
 impl SplitReport {
-    /// Whether every listed image is present and readable.
+    /// Whether the split lists images and every one is present and readable.
     pub fn is_ok(&self) -> bool {
-        self.missing.is_empty() && self.unreadable.is_empty()
+        self.total > 0 && self.missing.is_empty() && self.unreadable.is_empty()
     }
 }
 
@@ -98,7 +100,7 @@ pub fn verify_split(dataset: &dyn Dataset, split: Split, check: Check) -> SplitR
             }
             let result = match check {
                 Check::Exists => Ok(()),
-                Check::Header => header(&path),
+                Check::Header => check_image_header(&path).map(|_| ()),
                 Check::Decode => decode_image(&path, dataset.name()).map(|_| ()),
             };
             match result {
@@ -124,20 +126,6 @@ pub fn verify_split(dataset: &dyn Dataset, split: Split, check: Check) -> SplitR
         }
     }
     report
-}
-
-fn header(path: &Path) -> Result<()> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?;
-    reader
-        .into_dimensions()
-        .map(|_| ())
-        .map_err(|source| DataError::Decode {
-            path: path.to_path_buf(),
-            source,
-        })
 }
 
 /// Verify a dataset at `root`: its official training list, its official validation list when it has one,
@@ -210,6 +198,9 @@ impl fmt::Display for VerifyReport {
                 s.missing.len(),
                 s.unreadable.len()
             )?;
+            if s.total == 0 {
+                writeln!(f, "        the {} split is empty", s.split)?;
+            }
             for (label, (&count, name)) in s.per_class.iter().zip(&self.class_names).enumerate() {
                 if count == 0 {
                     writeln!(

@@ -228,6 +228,7 @@ fn a_pipeline_without_a_fixed_size_is_a_clear_error_on_mixed_sizes() {
     let dir = tempfile::tempdir().unwrap();
     write_jpeg(&dir.path().join("a/0.jpg"), 10, 8, 1);
     write_jpeg(&dir.path().join("a/1.jpg"), 12, 8, 2);
+    write_jpeg(&dir.path().join("b/0.jpg"), 12, 8, 3); // a folder dataset needs two classes
     let data = Arc::new(folder::load(dir.path(), Split::Train, &Validation::None).unwrap());
     let loader = Loader::new(
         data,
@@ -393,6 +394,7 @@ fn grayscale_images_load_as_three_channel_batches() {
     let dir = tempfile::tempdir().unwrap();
     write_gray_jpeg(&dir.path().join("k/0.jpg"), 20, 20);
     write_jpeg(&dir.path().join("k/1.jpg"), 20, 20, 5);
+    write_jpeg(&dir.path().join("l/0.jpg"), 20, 20, 6); // a folder dataset needs two classes
     let data = Arc::new(folder::load(dir.path(), Split::Train, &Validation::None).unwrap());
     let loader = Loader::new(
         data,

@@ -21,9 +21,15 @@ pub struct Splits {
     pub test: Arc<dyn Dataset>,
 }
 
-/// Opens `split` of the configured dataset; a missing download says how to get it.
+/// Opens `split` of the configured dataset; a missing download says how to get it. Sets the process-wide
+/// image pixel limit to `data.max_image_pixels` first.
 pub fn open_split(config: &Config, split: Split) -> Result<Arc<dyn Dataset>> {
     let data = &config.data;
+    fgvc_data::set_max_image_pixels(data.max_image_pixels).map_err(|e| TrainError::Config {
+        origin: "configuration".into(),
+        key: "data.max_image_pixels".into(),
+        message: e.to_string(),
+    })?;
     let kind: DatasetKind =
         data.dataset
             .parse()
@@ -77,25 +83,52 @@ pub fn open_splits(config: &Config) -> Result<Splits> {
     })
 }
 
-/// The training loader (shuffled, last short batch dropped, seeded by the run's seed).
+/// The training loader (shuffled, last short batch dropped, seeded by the run's seed; skipping bad files
+/// with `data.skip_bad`).
 pub fn train_loader(config: &Config, dataset: Arc<dyn Dataset>, device: &Device) -> Result<Loader> {
     let (train, _) = config.data.pipelines()?;
-    let cfg = LoaderConfig::train(config.data.batch_size)
-        .with_seed(config.seed)
-        .with_threads(config.data.threads);
+    let cfg = LoaderConfig {
+        skip_bad: config.data.skip_bad,
+        ..LoaderConfig::train(config.data.batch_size)
+    }
+    .with_seed(config.seed)
+    .with_threads(config.data.threads);
     Ok(Loader::new(dataset, train, cfg, device)?)
 }
 
-/// An evaluation loader (dataset order, every image).
+/// An evaluation loader (dataset order, every image; skipping bad files with `data.skip_bad`).
 pub fn eval_loader(config: &Config, dataset: Arc<dyn Dataset>, device: &Device) -> Result<Loader> {
     let (_, test) = config.data.pipelines()?;
-    let cfg = LoaderConfig::eval(
-        config
-            .data
-            .eval_batch_size
-            .unwrap_or(config.data.batch_size),
-    )
+    let cfg = LoaderConfig {
+        skip_bad: config.data.skip_bad,
+        ..LoaderConfig::eval(
+            config
+                .data
+                .eval_batch_size
+                .unwrap_or(config.data.batch_size),
+        )
+    }
     .with_seed(config.seed)
     .with_threads(config.data.threads);
     Ok(Loader::new(dataset, test, cfg, device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pixel_limit_comes_from_data_max_image_pixels() {
+        let config = Config::parse("", "test", &[]).unwrap();
+        assert_eq!(
+            config.data.max_image_pixels,
+            fgvc_data::DEFAULT_MAX_IMAGE_PIXELS
+        );
+        let zero = Config::parse("", "test", &["data.max_image_pixels=0".into()]).unwrap();
+        let err = open_split(&zero, Split::Train).err().unwrap().to_string();
+        assert!(
+            err.contains("data.max_image_pixels") && err.contains("at least 1"),
+            "{err}"
+        );
+    }
 }

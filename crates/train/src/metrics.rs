@@ -54,16 +54,20 @@ pub struct Record {
     /// records; after a resume, the batches this process ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// Files skipped as unreadable in the epoch (`epoch` records of a run with `data.skip_bad`; each is also
+    /// logged as a warning naming it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<usize>,
 }
 
 const CSV_HEADER: &str =
-    "kind,epoch,step,split,lr,loss,train_acc,images_per_sec,top1,top5,mean_per_class,seconds";
+    "kind,epoch,step,split,lr,loss,train_acc,images_per_sec,top1,top5,mean_per_class,seconds,skipped";
 
 impl Record {
     fn csv_line(&self) -> String {
         let f = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.kind,
             self.epoch,
             self.step,
@@ -75,7 +79,8 @@ impl Record {
             f(self.top1),
             f(self.top5),
             f(self.mean_per_class),
-            f(self.seconds)
+            f(self.seconds),
+            self.skipped.map(|n| n.to_string()).unwrap_or_default()
         )
     }
 }

@@ -285,32 +285,17 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// The image files among `paths`: a file as given, a directory searched recursively (in name order) for
-/// `.jpg`, `.jpeg` and `.png` files, in any letter case. An error when none is found.
+/// `.jpg`, `.jpeg` and `.png` files, in any letter case. Symbolic links are followed without looping, and a
+/// file reached twice (a link, a hard link, a path given twice) is listed once. An error when none is found.
 pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| TrainError::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-            {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
+    // One walker for all the arguments: symbolic links are followed, but no directory is entered twice (a
+    // link cycle ends) and no file is listed twice, however many paths reach it.
+    let mut walker = fgvc_data::walk::Walker::new();
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            walk(p, &mut out)?;
-        } else {
+            out.extend(walker.files(p, None, fgvc_data::folder::is_image_file)?);
+        } else if walker.add_file(p) {
             out.push(p.clone());
         }
     }
@@ -357,6 +342,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no .jpg/.jpeg/.png image"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn image_files_survive_link_cycles_and_list_each_file_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        for f in ["a.jpg", "sub/b.png"] {
+            std::fs::write(root.join(f), b"").unwrap();
+        }
+        symlink(root, root.join("sub/parent")).unwrap();
+        symlink(root.join("a.jpg"), root.join("sub/again.jpg")).unwrap();
+        let a = root.join("a.jpg");
+        let found = image_files(&[root.to_path_buf(), a.clone(), root.join("sub")]).unwrap();
+        assert_eq!(found, [a, root.join("sub/b.png")]);
     }
 
     #[test]

@@ -387,6 +387,7 @@ impl Trainer {
             train_acc: Some(train_acc),
             images_per_sec: Some(trained.images_per_sec(seconds)),
             seconds: Some(seconds),
+            skipped: (self.config.data.skip_bad).then(|| self.train.skipped_in_epoch(epoch as u64)),
             ..Default::default()
         })?;
         let mut line = format!(

@@ -20,6 +20,9 @@ fn default_validation() -> f64 {
 fn default_augment() -> String {
     "pmg".into()
 }
+fn default_max_image_pixels() -> u64 {
+    fgvc_data::DEFAULT_MAX_IMAGE_PIXELS
+}
 
 /// `[data]`: which dataset and how it is fed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +68,16 @@ pub struct DataConfig {
     /// Crop to the bounding boxes (CUB, Cars, Aircraft).
     #[serde(default)]
     pub bbox_crop: bool,
+    /// The largest image accepted, in pixels (width x height), checked from each file's header before it
+    /// is decoded (PIL's `MAX_IMAGE_PIXELS`; default 89,478,485). Applied when the data is opened, and by
+    /// `predict` from the run's configuration.
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
+    /// Skip files that cannot be read or decoded (each logged as a warning naming it, and counted in the
+    /// `skipped` field of every `epoch` record) instead of stopping the run. Off by default: a bad file is an
+    /// error naming it.
+    #[serde(default)]
+    pub skip_bad: bool,
 }
 
 impl Default for DataConfig {
