@@ -55,9 +55,9 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
     };
     fgvc_data::set_max_image_pixels(args.max_image_pixels)?;
     let report = verify(kind, &root, &OpenOptions::default(), check)?;
-    print!("{report}");
+    crate::output::print(&report.to_string())?;
     if args.per_class {
-        print!("{}", per_class_table(&report));
+        crate::output::print(&per_class_table(&report))?;
     }
     if !report.is_ok() {
         bail!(

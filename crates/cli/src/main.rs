@@ -5,6 +5,7 @@
 //! the destructions the methods train on and `fgvc data verify` checks a downloaded dataset.
 
 mod data;
+mod output;
 mod predict;
 mod preview;
 mod train;
@@ -90,7 +91,9 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
-        .with_writer(std::io::stderr)
+        // A closed stderr (`fgvc train 2>&1 | head`) drops the log, never the run.
+        .with_writer(|| output::LogWriter)
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {

@@ -14,6 +14,8 @@ use fgvc_train::predict::{ModelFiles, Predictor, Weights};
 use fgvc_train::run_dir::RunDir;
 use fgvc_train::{Config, TrainOptions, Trainer};
 
+use crate::output::{self, outln};
+
 /// The configuration `fgvc train` uses when no `--config` is given: the synthetic baseline.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../../configs/synthetic-baseline.toml");
 const EMBEDDED_NAME: &str = "the embedded default config (configs/synthetic-baseline.toml)";
@@ -38,9 +40,15 @@ pub struct TrainArgs {
     /// Override a configuration key, e.g. `--set train.epochs=2 --set optim.lr=0.05` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Continue the run in `--out` from its last checkpoint, exactly where it stopped.
+    /// Continue the run in `--out` from its last checkpoint, exactly where it stopped (its saved
+    /// config.toml must match the configuration).
     #[arg(long)]
     pub resume: bool,
+    /// Replace the run `--out` already holds: its config, metrics, checkpoints, reports and plots are
+    /// deleted once the configuration has validated and the method is built. Without it (or --resume),
+    /// a directory holding a run is refused and left as it is.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Device to train on.
     #[arg(long, value_parser = device_parser(), default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
@@ -71,7 +79,8 @@ fn pin_threads(config: &Config) {
     }
 }
 
-/// Trains as `args` says and prints the result.
+/// Trains as `args` says and prints the result. The run directory is left to the library: it is locked,
+/// and an earlier run there is refused unless `--resume` or `--overwrite` says what to do with it.
 pub fn train(args: &TrainArgs) -> Result<()> {
     let config = load_config(args.config.as_deref(), &args.set)?;
     pin_threads(&config);
@@ -84,45 +93,35 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .unwrap_or_else(|| "synthetic-baseline".into());
         PathBuf::from("runs").join(stem)
     });
-    if !args.resume && out.join("checkpoint-last.safetensors").exists() {
-        tracing::warn!(
-            "{} holds an earlier run; starting over (pass --resume to continue it instead)",
-            out.display()
-        );
-        for f in [
-            "checkpoint-last.safetensors",
-            "best.safetensors",
-            "eval-test.json",
-        ] {
-            let _ = std::fs::remove_file(out.join(f));
-        }
-    }
     let device = args.device.open()?;
     let options = TrainOptions {
         resume: args.resume,
+        overwrite: args.overwrite,
         progress: !args.no_progress,
         stop_after_steps: None,
     };
-    let mut trainer = Trainer::new(config, &out, &device, options)?;
-    let summary = trainer.run()?;
-    println!(
+    let summary = {
+        let mut trainer = Trainer::new(config, &out, &device, options)?;
+        trainer.run()?
+    };
+    outln!(
         "trained {} steps in {:.1} s; run directory {}",
         summary.steps,
         summary.seconds,
         summary.run_dir.display()
-    );
+    )?;
     if let Some(best) = &summary.best {
-        println!(
+        outln!(
             "selected epoch {} ({} top-1 {:.2}%)",
             best.epoch + 1,
             best.split,
             100.0 * best.score
-        );
+        )?;
     }
     if let Some(test) = &summary.test {
-        println!("test evaluation, weights selected by {}:", summary.protocol);
-        print!("{test}");
-        println!("test accuracy: {:.2}%", 100.0 * test.main().top1);
+        outln!("test evaluation, weights selected by {}:", summary.protocol)?;
+        output::print(&test.to_string())?;
+        outln!("test accuracy: {:.2}%", 100.0 * test.main().top1)?;
     }
     Ok(())
 }
@@ -184,12 +183,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let dataset = open_split(config, split)?;
     let loader = eval_loader(config, dataset, &device)?;
     let report = evaluate(predictor.method(), &loader, split.as_str())?;
-    println!(
+    outln!(
         "{} on {}",
         files.checkpoint.display(),
         loader.dataset().name()
-    );
-    print!("{report}");
+    )?;
+    output::print(&report.to_string())?;
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("writing {}", path.display()))?;

@@ -8,13 +8,20 @@
 //! <run>/best.safetensors            the weights selected on the validation split (or test, if asked)
 //! <run>/plots/{loss,accuracy,lr}.svg
 //! <run>/eval-<split>.json           the final evaluation report
+//! <run>/.lock                       while a process trains there: its pid, host and start time
 //! ```
+//!
+//! A run directory is never mixed or lost: a training process holds its [`lock`], and a fresh run refuses a
+//! directory that already holds run files ([`RunDir::run_files`]) unless asked to replace them.
+
+pub mod lock;
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, TrainError};
+pub use lock::{Holder, RunLock};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, `fsync`, rename over
 /// `path`, then `fsync` of the directory. A reader sees either the old or the new file, never a torn one,
@@ -57,6 +64,11 @@ pub struct RunDir {
 }
 
 impl RunDir {
+    /// The run directory at `root`, without touching the file system.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+
     /// The run directory at `root`, created (with `plots/`) if missing.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
@@ -115,6 +127,59 @@ impl RunDir {
     pub fn eval_report(&self, split: &str) -> PathBuf {
         self.root.join(format!("eval-{split}.json"))
     }
+
+    /// Locks the directory (created with `plots/` if missing) for this process: see [`RunLock::acquire`].
+    pub fn lock(&self) -> Result<RunLock> {
+        fs::create_dir_all(self.root.join("plots")).map_err(|e| TrainError::io(&self.root, e))?;
+        RunLock::acquire(&self.root)
+    }
+
+    /// The files of a run the directory holds, sorted: `config.toml`, the metrics, the checkpoints,
+    /// `eval-*.json`, the plots and temporary files an interrupted atomic write left. Other files (a user's
+    /// notes) are not run files.
+    pub fn run_files(&self) -> Vec<PathBuf> {
+        let fixed = [
+            self.config(),
+            self.metrics_jsonl(),
+            self.metrics_csv(),
+            self.last_checkpoint(),
+            self.best_checkpoint(),
+        ];
+        let mut files: Vec<PathBuf> = fixed.into_iter().filter(|p| p.is_file()).collect();
+        let matching = |dir: &Path, is_run_file: &dyn Fn(&str) -> bool| -> Vec<PathBuf> {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return Vec::new();
+            };
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter(|e| is_run_file(&e.file_name().to_string_lossy()))
+                .map(|e| e.path())
+                .collect()
+        };
+        files.extend(matching(&self.root, &|name| {
+            (name.starts_with("eval-") && name.ends_with(".json")) || is_temporary(name)
+        }));
+        files.extend(matching(&self.root.join("plots"), &|name| {
+            name.ends_with(".svg") || is_temporary(name)
+        }));
+        files.sort();
+        files
+    }
+
+    /// Deletes [`RunDir::run_files`] (`--overwrite`), returning what was deleted.
+    pub fn remove_run_files(&self) -> Result<Vec<PathBuf>> {
+        let files = self.run_files();
+        for f in &files {
+            fs::remove_file(f).map_err(|e| TrainError::io(f, e))?;
+        }
+        Ok(files)
+    }
+}
+
+/// Whether `name` is a temporary file of [`atomic_write`] (`.NAME.tmp-PID`).
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
 }
 
 #[cfg(test)]
@@ -142,5 +207,43 @@ mod tests {
         assert!(run.root().join("plots").is_dir());
         assert!(RunDir::open(run.root()).is_err());
         assert_eq!(run.plot("loss"), run.root().join("plots/loss.svg"));
+    }
+
+    #[test]
+    fn run_files_are_the_files_a_run_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path().join("r")).unwrap();
+        assert!(run.run_files().is_empty());
+        for f in [
+            "config.toml",
+            "best.safetensors",
+            "eval-test.json",
+            "plots/loss.svg",
+            ".metrics.csv.tmp-12",
+            "notes.txt",
+        ] {
+            fs::write(run.root().join(f), f).unwrap();
+        }
+        let names: Vec<String> = run
+            .run_files()
+            .iter()
+            .map(|p| p.strip_prefix(run.root()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ".metrics.csv.tmp-12",
+                "best.safetensors",
+                "config.toml",
+                "eval-test.json",
+                "plots/loss.svg"
+            ]
+        );
+        assert_eq!(run.remove_run_files().unwrap().len(), 5);
+        assert!(run.run_files().is_empty());
+        assert_eq!(
+            fs::read(run.root().join("notes.txt")).unwrap(),
+            b"notes.txt"
+        );
     }
 }

@@ -18,9 +18,10 @@ use crate::optim::build_optimizer;
 use crate::optim::Optimizer;
 use crate::plot::run_charts;
 use crate::registry::build_method;
-use crate::run_dir::{atomic_write, RunDir};
+use crate::run_dir::{atomic_write, RunDir, RunLock};
 use crate::schedule::Schedule;
 
+mod claim;
 mod interval;
 mod progress;
 
@@ -30,8 +31,13 @@ use progress::Bars;
 /// How a run starts.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
-    /// Continue from `checkpoint-last.safetensors` of the run directory.
+    /// Continue from `checkpoint-last.safetensors` of the run directory (`--resume`): its `config.toml` must
+    /// be there and equal the configuration, key by key.
     pub resume: bool,
+    /// Replace the run the directory holds (`--overwrite`): its run files are deleted once the configuration
+    /// has validated and the method is built. Without it (and without `resume`), a directory holding run
+    /// files is refused and left as it is.
+    pub overwrite: bool,
     /// Show progress bars (they are hidden anyway when stderr is not a terminal).
     pub progress: bool,
     /// Stop with [`TrainError::Stopped`] after this many global steps (tests simulate a kill with it).
@@ -80,18 +86,24 @@ pub struct Trainer {
     log: MetricsLog,
     accumulator: Accumulator,
     options: TrainOptions,
+    /// Held while the trainer lives; dropped last.
+    _lock: RunLock,
 }
 
 impl Trainer {
-    /// Prepares a run of `config` in `run_dir` on `device`: opens the data, builds the method and
-    /// optimiser, and with `options.resume` restores the last checkpoint (weights, optimiser state, position).
-    /// A fresh run writes the resolved configuration; a resumed one checks it is unchanged.
+    /// Prepares a run of `config` in `run_dir` on `device`: validates the whole configuration, opens the
+    /// data, builds the method and optimiser, locks the run directory, and with `options.resume` restores
+    /// the last checkpoint (weights, optimiser state, position). A fresh run refuses a directory holding
+    /// another run (unless `options.overwrite`) and writes the resolved configuration; a resumed one checks
+    /// it is unchanged. Nothing is written before every check has passed, and a refused run changes nothing.
+    /// The lock is held until the trainer is dropped.
     pub fn new(
         config: Config,
         run_dir: &Path,
         device: &Device,
         options: TrainOptions,
     ) -> Result<Self> {
+        config.validate("the configuration")?;
         let splits = open_splits(&config)?;
         let method = build_method(&config, splits.train.num_classes(), device)?;
         Self::with_method(config, method, splits, run_dir, device, options)
@@ -107,7 +119,7 @@ impl Trainer {
         device: &Device,
         options: TrainOptions,
     ) -> Result<Self> {
-        let run = RunDir::create(run_dir)?;
+        config.validate("the configuration")?;
         let mut optimizer = build_optimizer(&config, &*method)?;
         let train = train_loader(&config, splits.train.clone(), device)?;
         let test = eval_loader(&config, splits.test.clone(), device)?;
@@ -123,7 +135,7 @@ impl Trainer {
             config.train.epochs as u64,
             train.num_batches() as u64,
         )?;
-        let resolved = config.to_toml();
+        let (run, lock) = claim::claim(run_dir, &config, &options)?;
         let mut state = TrainerState {
             epoch: 0,
             batch_in_epoch: 0,
@@ -134,21 +146,6 @@ impl Trainer {
         };
         let log = if options.resume {
             let path = run.last_checkpoint();
-            if !path.exists() {
-                return Err(TrainError::Msg(format!(
-                    "--resume: {} has no checkpoint-last.safetensors to resume from",
-                    run.root().display()
-                )));
-            }
-            if let Ok(saved) = std::fs::read_to_string(run.config()) {
-                if saved != resolved {
-                    return Err(TrainError::Msg(format!(
-                        "--resume: the configuration differs from the one the run started with ({}); resume \
-                         with the same configuration and overrides, or start a new run directory",
-                        run.config().display()
-                    )));
-                }
-            }
             let ckpt = checkpoint::load(&path, device)?;
             checkpoint::apply_weights(method.store(), &ckpt.weights, true)?;
             if let Some(o) = &ckpt.optimizer {
@@ -168,7 +165,7 @@ impl Trainer {
             );
             MetricsLog::open(&run, Some(state.step))?
         } else {
-            atomic_write(&run.config(), resolved.as_bytes())?;
+            atomic_write(&run.config(), config.to_toml().as_bytes())?;
             MetricsLog::open(&run, None)?
         };
         let accumulator = Accumulator::new(config.optim.accumulate);
@@ -185,6 +182,7 @@ impl Trainer {
             log,
             accumulator,
             options,
+            _lock: lock,
         })
     }
 

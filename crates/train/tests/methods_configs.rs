@@ -72,21 +72,33 @@ fn every_config_parses_and_checks() {
 
 #[test]
 fn a_misspelt_option_is_an_error_naming_it() {
-    let config = Config::parse(
+    // Options are checked when the configuration is parsed, naming the key and the file.
+    let err = Config::parse(
         "[method]\nname = \"pmg\"\n[method.options]\ngranularity = [8, 4, 2]\n",
         "typo.toml",
         &[],
     )
-    .unwrap();
-    let err = check_options(&config).unwrap_err().to_string();
-    assert!(err.contains("granularity"), "{err}");
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("granularity") && err.contains("typo.toml"),
+        "{err}"
+    );
     // Values are checked too: PMG needs one loss weight per step.
-    let config = Config::parse(
+    let err = Config::parse(
         "[method]\nname = \"pmg\"\n[method.options]\nloss_weights = [1.0, 2.0]\n",
         "short.toml",
         &[],
     )
-    .unwrap();
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("method.options.loss_weights") && err.contains("short.toml"),
+        "{err}"
+    );
+    // A configuration changed after parsing is checked again by the registry.
+    let mut config = Config::parse("[method]\nname = \"pmg\"\n", "ok.toml", &[]).unwrap();
+    config.method.options = toml::from_str("loss_weights = [1.0, 2.0]").unwrap();
     assert!(check_options(&config)
         .unwrap_err()
         .to_string()
@@ -95,7 +107,7 @@ fn a_misspelt_option_is_an_error_naming_it() {
     assert!(Config::parse("[method]\nname = \"pgm\"\n", "x.toml", &[]).is_err());
     // The resolved configuration (what a run directory stores) keeps the options.
     let config = Config::parse(
-        "[method]\nname = \"dcl\"\n[method.options]\ngamma = 0.01\n",
+        "[method]\nname = \"dcl\"\n[method.options]\ngamma = 0.01\ngrid = 2\nk = 1\n",
         "x.toml",
         &[],
     )

@@ -125,8 +125,17 @@ fn a_registered_method_trains_and_evaluates_through_the_table() {
     registry::register(TOY).unwrap(); // the same entry again is not an error
     assert!(registry::names().contains(&"toy"));
 
-    // Its own check runs through the table: a bad option names its key.
-    let bad = toy_config(-1.0).unwrap();
+    // Its own check runs through the table, when the configuration is parsed and when it is checked
+    // again after a change: a bad option names its key (and, when parsed, the file).
+    let err = toy_config(-1.0).unwrap_err().to_string();
+    assert!(
+        err.contains("method.options.scale") && err.contains("toy.toml"),
+        "{err}"
+    );
+    let mut bad = toy_config(2.0).unwrap();
+    bad.method
+        .options
+        .insert("scale".into(), toml::Value::Float(-1.0));
     let err = registry::check(&bad).unwrap_err().to_string();
     assert!(err.contains("method.options.scale"), "{err}");
 

@@ -134,7 +134,9 @@ fn resume_after_an_interruption_ends_with_the_same_weights() {
             .count(),
         6
     );
-    // Resuming with another configuration is refused.
+    // Resuming with another configuration is refused, naming what changed (once the trainer that holds
+    // the directory is gone: while it lives, the directory is locked).
+    drop(t);
     let other = tiny(&[
         "train.epochs=4",
         "train.checkpoint_every_steps=2",
@@ -152,7 +154,13 @@ fn resume_after_an_interruption_ends_with_the_same_weights() {
     )
     .err()
     .unwrap();
-    assert!(err.to_string().contains("configuration differs"), "{err}");
+    assert!(
+        err.to_string().contains("configuration differs")
+            && err
+                .to_string()
+                .contains("train.epochs: 3 (saved) vs 4 (now)"),
+        "{err}"
+    );
 }
 
 #[test]

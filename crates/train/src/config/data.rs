@@ -87,7 +87,7 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
-    fn sizes(&self) -> (u32, u32) {
+    pub(super) fn sizes(&self) -> (u32, u32) {
         let synthetic = self.dataset == "synthetic";
         let crop = self.crop.unwrap_or(if synthetic {
             self.synthetic.image_size

@@ -21,10 +21,13 @@
 //! Every section has defaults, so an empty document is a valid configuration.
 //!
 //! The sections live in their own modules; [`Config::parse`] (in `parse`) reads a document and
-//! `--set` overrides, and [`Config::validate`] (in `validate`) checks values serde cannot, including
-//! `[method]` against the [method registry](crate::registry).
+//! `--set` overrides, [`Config::validate`] (in `validate`) checks values serde cannot, including
+//! `[method]` against the [method registry](crate::registry) and the [`geometry`] a method needs, and
+//! [`Config::differences`] (in `diff`) names the keys two configurations disagree on.
 
 mod data;
+mod diff;
+pub mod geometry;
 mod method;
 mod optim;
 mod parse;
@@ -34,6 +37,7 @@ mod validate;
 use serde::{Deserialize, Serialize};
 
 pub use data::DataConfig;
+pub use diff::Difference;
 pub use method::MethodConfig;
 pub use optim::{OptimConfig, OptimKind};
 pub use train::{Selection, TrainConfig};

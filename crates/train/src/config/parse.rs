@@ -42,8 +42,9 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value, origin: &st
 
 impl Config {
     /// Parses `text` (from `origin`, a file name used in errors), applies `overrides` (`key=value`), checks
-    /// every key and type. An unknown or mistyped key is an error naming its dotted path and where it came
-    /// from.
+    /// every key and type, then the whole configuration ([`Config::validate`]: ranges, image sizes, the
+    /// method's options and geometry). An unknown, mistyped or invalid key is an error naming its dotted
+    /// path and where its value came from: the `--set KEY=VALUE` that gave it, else `origin`.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Config> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| TrainError::Config {
             origin: origin.into(),
@@ -66,6 +67,7 @@ impl Config {
             )?;
             set_keys.push((key.to_string(), o.clone()));
         }
+        let attributed = |key: &str, message: String| attribute(key, message, &set_keys, origin);
         let de = toml::Value::Table(table);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -76,23 +78,12 @@ impl Config {
                 Some(field) if !path.ends_with(&field) => format!("{path}.{field}"),
                 _ => path,
             };
-            let origin = set_keys
-                .iter()
-                .rev()
-                .find(|(k, _)| {
-                    key == *k
-                        || key.starts_with(&format!("{k}."))
-                        || k.starts_with(&format!("{key}."))
-                })
-                .map(|(_, o)| format!("--set {o}"))
-                .unwrap_or_else(|| origin.to_string());
-            TrainError::Config {
-                origin,
-                key,
-                message,
-            }
+            attributed(&key, message)
         })?;
-        config.validate(origin)?;
+        config.validate(origin).map_err(|e| match e {
+            TrainError::Config { key, message, .. } => attributed(&key, message),
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -100,6 +91,34 @@ impl Config {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         Self::parse(&text, &path.display().to_string(), overrides)
+    }
+}
+
+/// The error on `key` with `message`, from the `--set` of `set_keys` (`(key, "key=value")`) that set `key`,
+/// a table above it or a key below it (the last such one wins, as it does when applied), else from `origin`
+/// (the file). A `--set` key the message names besides (`data.crop` in a grid error) is pointed out too.
+fn attribute(
+    key: &str,
+    message: String,
+    set_keys: &[(String, String)],
+    origin: &str,
+) -> TrainError {
+    let covers = |k: &str| {
+        key == k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+    };
+    let from_set = set_keys.iter().rev().find(|(k, _)| covers(k));
+    let mut message = message;
+    let mut named: Vec<&str> = Vec::new();
+    for (k, o) in set_keys.iter().rev() {
+        if !covers(k) && !named.contains(&k.as_str()) && message.contains(k.as_str()) {
+            named.push(k);
+            message.push_str(&format!(" ({k} from --set {o})"));
+        }
+    }
+    TrainError::Config {
+        origin: from_set.map_or_else(|| origin.to_string(), |(_, o)| format!("--set {o}")),
+        key: key.to_string(),
+        message,
     }
 }
 

@@ -3,12 +3,13 @@
 //! Its options are `[model]`'s `dropout` and `head_lr_mult`; `[method.options]` stays empty.
 
 use candle_core::Tensor;
-use fgvc_backbone::Backbone;
+use fgvc_backbone::{Backbone, BackboneDefaults};
 use fgvc_data::Batch;
 use fgvc_ops::{Linear, ParamStore};
 use rand::Rng;
 
 use super::{count_correct, weighted_ce, HEAD_PREFIX};
+use crate::config::geometry::BackboneGeometry;
 use crate::config::Config;
 use crate::error::{Result, TrainError};
 use crate::method::{Method, Predictions, StepContext, StepStats};
@@ -121,9 +122,11 @@ impl MethodDef for Baseline {
         }
     }
 
-    /// `[model]` (its `dropout` too) is checked by the backbone's options before this.
-    fn check(_: &(), _: &Config) -> Result<()> {
-        Ok(())
+    /// `[model]` (its `dropout` too) is checked by the backbone's options before this; here the images
+    /// against the backbone (its deepest map must not be empty).
+    fn check(_: &(), config: &Config) -> Result<()> {
+        let net = BackboneGeometry::of(&config.model, &BackboneDefaults::default())?;
+        net.check_input(&config.data.input_sizes()?)
     }
 
     fn build(config: &Config, _: (), num_classes: usize, store: ParamStore) -> Result<Self> {

@@ -12,7 +12,7 @@
 //!   (`head_lr_mult` 1), SGD momentum 0.9, weight decay 1e-5, step decay ×0.9 every 2 epochs (configuration).
 
 use candle_core::Tensor;
-use fgvc_backbone::Backbone;
+use fgvc_backbone::{Backbone, BackboneDefaults};
 use fgvc_data::Batch;
 use fgvc_heads::coarse2fine::{AttentionOutput, Coarse2Fine, Coarse2FineConfig, Coarse2FineOutput};
 use fgvc_ops::ParamStore;
@@ -22,6 +22,7 @@ use super::{
     backbone_and_head_groups, build_backbone, check_non_negative, count_correct, option_error,
     reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
 };
+use crate::config::geometry::BackboneGeometry;
 use crate::config::Config;
 use crate::error::Result;
 use crate::method::{Method, Predictions, StepContext, StepStats};
@@ -211,9 +212,13 @@ impl MethodDef for Coarse2FineMethod {
     const NAME: &'static str = NAME;
     type Options = Coarse2FineOptions;
 
+    /// The options, then the images against the backbone (the zoom resamples to the input size, so no
+    /// grid constrains it).
     fn check(options: &Coarse2FineOptions, config: &Config) -> Result<()> {
         reject_model_head_lr_mult(&config.model, NAME)?;
-        options.validate()
+        options.validate()?;
+        let net = BackboneGeometry::of(&config.model, &BackboneDefaults::default())?;
+        net.check_input(&config.data.input_sizes()?)
     }
 
     fn build(

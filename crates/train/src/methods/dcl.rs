@@ -19,7 +19,7 @@
 use candle_core::{Device, Tensor};
 use fgvc_augment::transforms::Normalize;
 use fgvc_augment::{Permutation, RcmMode, RegionConfusion};
-use fgvc_backbone::Backbone;
+use fgvc_backbone::{Backbone, BackboneDefaults};
 use fgvc_data::Batch;
 use fgvc_heads::dcl::{
     dcl_loss, official_law, paper_location_targets, swap_targets, DclConfig, DclHead,
@@ -33,6 +33,7 @@ use super::{
     augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
     option_error, reject_model_head_lr_mult, HEAD_PREFIX,
 };
+use crate::config::geometry::{check_grid_divides, BackboneGeometry};
 use crate::config::Config;
 use crate::error::Result;
 use crate::method::{Method, Predictions, StepContext, StepStats};
@@ -373,9 +374,23 @@ impl MethodDef for Dcl {
     const NAME: &'static str = NAME;
     type Options = DclOptions;
 
+    /// The options, then their geometry: the grid divides the training images (region confusion moves
+    /// whole regions) and the deepest map at every image size (the location head pools it per region).
     fn check(options: &DclOptions, config: &Config) -> Result<()> {
         reject_model_head_lr_mult(&config.model, NAME)?;
-        options.validate()
+        options.validate()?;
+        let net = BackboneGeometry::of(&config.model, &BackboneDefaults::default())?;
+        let sizes = config.data.input_sizes()?;
+        net.check_input(&sizes)?;
+        let (key, n) = ("method.options.grid", options.grid);
+        check_grid_divides(
+            key,
+            &format!("grid {n}"),
+            n,
+            (&sizes.train, "training"),
+            "region confusion",
+        )?;
+        net.check_deepest_divides(key, n, &sizes, "the region-alignment head")
     }
 
     fn build(

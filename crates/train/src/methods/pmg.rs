@@ -20,7 +20,7 @@
 
 use candle_core::Tensor;
 use fgvc_augment::{Jigsaw, JigsawMode};
-use fgvc_backbone::Backbone;
+use fgvc_backbone::{Backbone, BackboneDefaults};
 use fgvc_data::Batch;
 use fgvc_heads::pmg::{PmgConfig, PmgHead, PmgOutput};
 use fgvc_ops::ParamStore;
@@ -31,6 +31,7 @@ use super::{
     augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
     option_error, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
 };
+use crate::config::geometry::{check_grid_divides, BackboneGeometry};
 use crate::config::Config;
 use crate::error::Result;
 use crate::method::{Method, Predictions, StepContext, StepStats};
@@ -272,9 +273,26 @@ impl MethodDef for Pmg {
     const NAME: &'static str = NAME;
     type Options = PmgOptions;
 
+    /// The options, then their geometry: one stage per granularity, each granularity dividing the
+    /// training images (the jigsaw cuts whole cells).
     fn check(options: &PmgOptions, config: &Config) -> Result<()> {
         reject_model_head_lr_mult(&config.model, NAME)?;
-        options.validate()
+        options.validate()?;
+        let net = BackboneGeometry::of(&config.model, &BackboneDefaults::default())?;
+        let sizes = config.data.input_sizes()?;
+        net.check_input(&sizes)?;
+        let key = "method.options.granularities";
+        net.check_taps(key, options.granularities.len())?;
+        for &n in &options.granularities {
+            check_grid_divides(
+                key,
+                &format!("granularity {n}"),
+                n,
+                (&sizes.train, "training"),
+                "the jigsaw",
+            )?;
+        }
+        Ok(())
     }
 
     fn build(

@@ -37,6 +37,7 @@ use super::{
     augment_error, backbone_and_head_groups, check_non_negative, option_error,
     reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
 };
+use crate::config::geometry::{check_grid_divides, BackboneGeometry};
 use crate::config::Config;
 use crate::error::Result;
 use crate::method::{Method, Predictions, StepContext, StepStats};
@@ -150,13 +151,8 @@ impl RmgPmsi {
         store: ParamStore,
     ) -> Result<Self> {
         options.validate()?;
-        // The official backbone is MobileNetV2 with a stride-1 stem.
-        let official = BackboneDefaults {
-            first_stride: Some(1),
-            ..BackboneDefaults::default()
-        };
         let root = store.root();
-        let backbone = build_backbone_with(model, &official, &root)?;
+        let backbone = build_backbone_with(model, &official_defaults(), &root)?;
         let channels = backbone.stage_channels();
         let deepest = *channels.last().unwrap_or(&0);
         let mut cfg = PmsiConfig::last_stages(
@@ -234,13 +230,39 @@ impl RmgPmsi {
     }
 }
 
+/// The official backbone's defaults: MobileNetV2 with a stride-1 stem.
+fn official_defaults() -> BackboneDefaults {
+    BackboneDefaults {
+        first_stride: Some(1),
+        ..BackboneDefaults::default()
+    }
+}
+
 impl MethodDef for RmgPmsi {
     const NAME: &'static str = NAME;
     type Options = RmgPmsiOptions;
 
+    /// The options, then their geometry on the method's backbone (a stride-1 MobileNetV2 stem unless
+    /// `[model]` says otherwise): one stage per level, each level's 2^level grid dividing the training images.
     fn check(options: &RmgPmsiOptions, config: &Config) -> Result<()> {
         reject_model_head_lr_mult(&config.model, NAME)?;
-        options.validate()
+        options.validate()?;
+        let net = BackboneGeometry::of(&config.model, &official_defaults())?;
+        let sizes = config.data.input_sizes()?;
+        net.check_input(&sizes)?;
+        let key = "method.options.levels";
+        net.check_taps(key, options.levels.len())?;
+        for &level in &options.levels {
+            let n = 1usize << level;
+            check_grid_divides(
+                key,
+                &format!("level {level} (a {n}x{n} mosaic)"),
+                n,
+                (&sizes.train, "training"),
+                "the recursive mosaic",
+            )?;
+        }
+        Ok(())
     }
 
     fn build(
