@@ -37,6 +37,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod bounds;
 pub mod catalog;
 mod pickle;
 mod pth;
@@ -44,7 +45,7 @@ mod pth;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -134,6 +135,15 @@ pub enum WeightsError {
         /// The file.
         path: PathBuf,
         /// What is not supported, and what to do.
+        detail: String,
+    },
+    /// The file asks for more memory than its size can account for (a huge declared length, storages
+    /// viewed over and over, a pickle that copies without end), or an allocation failed.
+    #[error("{}: refusing to load: {detail}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// What was too large.
         detail: String,
     },
     /// No dict of tensors was found where a state dict should be.
@@ -239,6 +249,12 @@ pub fn detect_format(path: impl AsRef<Path>) -> Result<Format, WeightsError> {
     File::open(path)
         .and_then(|f| f.take(512).read_to_end(&mut head))
         .map_err(|e| WeightsError::io(path, e))?;
+    format_of(&head, path)
+}
+
+/// The format whose signature `head` (a file's first bytes, up to 512) starts with; `path` names the file
+/// in errors.
+fn format_of(head: &[u8], path: &Path) -> Result<Format, WeightsError> {
     if head.starts_with(b"PK\x03\x04") {
         return Ok(Format::PthZip);
     }
@@ -298,38 +314,71 @@ pub fn read_checkpoint(
     let format = detect_format(path)?;
     match format {
         Format::Safetensors => {
-            if let Some(key) = key {
-                return Err(WeightsError::Unsupported {
-                    path: path.to_path_buf(),
-                    detail: format!(
-                        "safetensors files are flat; there is no key `{key}` to select"
-                    ),
-                });
-            }
             let bytes = std::fs::read(path).map_err(|e| WeightsError::io(path, e))?;
-            let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
-                WeightsError::Corrupt {
-                    path: path.to_path_buf(),
-                    format,
-                    detail: e.to_string(),
-                }
-            })?;
-            if map.is_empty() {
-                return Err(WeightsError::NoStateDict {
-                    path: path.to_path_buf(),
-                    detail: "the safetensors file holds no tensors".into(),
-                });
-            }
-            let mut tensors: Vec<(String, Tensor)> = map.into_iter().collect();
-            tensors.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(Checkpoint {
-                format,
-                key: None,
-                tensors,
-            })
+            read_safetensors(&bytes, path, key)
         }
-        Format::PthZip | Format::PthLegacy => pth::read(path, format, key),
+        Format::PthZip | Format::PthLegacy => {
+            let file = File::open(path).map_err(|e| WeightsError::io(path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| WeightsError::io(path, e))?
+                .len();
+            pth::read(BufReader::new(file), len, path, format, key)
+        }
     }
+}
+
+/// [`read_checkpoint`] of a file already in memory; `path` only names it in errors.
+///
+/// Reading is bounded by `bytes.len()` for any input: lengths the file declares are checked against what
+/// it holds before anything is allocated, and the tensors built hold at most a small multiple of its size.
+pub fn read_checkpoint_bytes(
+    bytes: &[u8],
+    path: impl AsRef<Path>,
+    key: Option<&str>,
+) -> Result<Checkpoint, WeightsError> {
+    let path = path.as_ref();
+    let format = format_of(&bytes[..bytes.len().min(512)], path)?;
+    match format {
+        Format::Safetensors => read_safetensors(bytes, path, key),
+        Format::PthZip | Format::PthLegacy => {
+            pth::read(Cursor::new(bytes), bytes.len() as u64, path, format, key)
+        }
+    }
+}
+
+fn read_safetensors(
+    bytes: &[u8],
+    path: &Path,
+    key: Option<&str>,
+) -> Result<Checkpoint, WeightsError> {
+    let format = Format::Safetensors;
+    if let Some(key) = key {
+        return Err(WeightsError::Unsupported {
+            path: path.to_path_buf(),
+            detail: format!("safetensors files are flat; there is no key `{key}` to select"),
+        });
+    }
+    let map = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
+        WeightsError::Corrupt {
+            path: path.to_path_buf(),
+            format,
+            detail: e.to_string(),
+        }
+    })?;
+    if map.is_empty() {
+        return Err(WeightsError::NoStateDict {
+            path: path.to_path_buf(),
+            detail: "the safetensors file holds no tensors".into(),
+        });
+    }
+    let mut tensors: Vec<(String, Tensor)> = map.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Checkpoint {
+        format,
+        key: None,
+        tensors,
+    })
 }
 
 /// How [`load_into`] matches a file's tensors to a store's vars.
