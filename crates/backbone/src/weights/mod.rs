@@ -78,6 +78,12 @@ python3 -c \"import sys, torch; from safetensors.torch import save_file; \
 sd = torch.load(sys.argv[1], map_location='cpu', weights_only=False); sd = sd.get('state_dict', sd); \
 save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[2])\" IN.pth OUT.safetensors";
 
+/// What a refused pickle's error says after naming the global: why, and what to do that is safe.
+const REFUSED_HINT: &str = "which is not a tensor or container (loading never executes code from a file). \
+The file may be malicious: do not open it in Python. Get the weights from a source you trust, as \
+safetensors or as a state_dict-only .pth; for a checkpoint you made yourself, re-save only the weights \
+from the program that trained it (`torch.save(model.state_dict(), PATH)`)";
+
 /// Everything that can go wrong reading, loading or saving weights. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -118,11 +124,9 @@ pub enum WeightsError {
         detail: String,
     },
     /// The checkpoint's pickle names a Python global outside the allow-list (it would run code in Python).
-    #[error(
-        "{}: refusing to load: the checkpoint's pickle uses `{global}`, which is not a tensor or container \
-         (loading never executes code from a file); save only the state_dict, or {CONVERT_HINT}",
-        path.display()
-    )]
+    ///
+    /// The message never suggests opening that file in Python: it may be malicious.
+    #[error("{}: refusing to load: the checkpoint's pickle uses `{global}`, {REFUSED_HINT}", path.display())]
     ForbiddenGlobal {
         /// The file.
         path: PathBuf,
