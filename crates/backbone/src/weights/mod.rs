@@ -18,6 +18,9 @@
 //!   dtype and device, skips `num_batches_tracked`, and returns a [`LoadReport`] of loaded, missing,
 //!   unexpected and re-initialised names. A shape mismatch is an error, except under prefixes the caller
 //!   marks for re-initialisation (a new classifier for another class count keeps its initialisation).
+//! - [`load_pretrained`] loads a backbone's pretrained weights strictly: every model tensor must be in the
+//!   file with its shape, a common name prefix (`module.`, `backbone.`, ...) is detected and stripped, and
+//!   tensors the model has no place for are reported ([`PretrainedOptions::strict`] allows a partial load).
 //! - [`save`] writes every var of a store, BatchNorm running statistics included, as safetensors through a
 //!   temporary file and a rename, so a crash never leaves a half-written file; [`load`] reads it back
 //!   strictly.
@@ -40,7 +43,10 @@
 mod bounds;
 pub mod catalog;
 mod pickle;
+mod pretrained;
 mod pth;
+
+pub use pretrained::{detect_prefix, load_pretrained, Misfit, PretrainedOptions, PretrainedReport};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -183,6 +189,15 @@ pub enum WeightsError {
         path: PathBuf,
         /// What did and did not match.
         report: Box<LoadReport>,
+    },
+    /// Pretrained weights that do not cover the model ([`load_pretrained`]): model tensors missing from
+    /// the file or of another shape (strict), or no tensor fitting at all.
+    #[error("{}: {misfit}", path.display())]
+    DoNotFit {
+        /// The file.
+        path: PathBuf,
+        /// What fits and what does not.
+        misfit: Box<Misfit>,
     },
     /// A tensor operation failed (dtype conversion, copy into a var, serialisation).
     #[error("{}: {source}", path.display())]
@@ -544,6 +559,56 @@ pub fn load_into(
 ) -> Result<LoadReport, WeightsError> {
     let path = path.as_ref();
     let checkpoint = read_checkpoint(path, options.key.as_deref())?;
+    let plan = plan_load(store, path, &checkpoint, options)?;
+    if options.strict && !plan.report.is_complete() {
+        return Err(WeightsError::Incomplete {
+            path: path.to_path_buf(),
+            report: Box::new(plan.report),
+        });
+    }
+    plan.apply()
+}
+
+/// What [`load_into`] will copy, decided before any var changes.
+struct LoadPlan<'c> {
+    /// The report, with `loaded` still empty: [`LoadPlan::apply`] fills it.
+    report: LoadReport,
+    /// Store name, var, and the file tensor it takes.
+    copies: Vec<(String, candle_core::Var, &'c Tensor)>,
+}
+
+impl LoadPlan<'_> {
+    /// Store names that will be loaded.
+    fn planned(&self) -> usize {
+        self.copies.len()
+    }
+
+    /// Copies the planned tensors into their vars and returns the completed report.
+    fn apply(self) -> Result<LoadReport, WeightsError> {
+        let LoadPlan { mut report, copies } = self;
+        for (name, var, tensor) in copies {
+            tensor
+                .to_dtype(var.dtype())
+                .and_then(|t| t.to_device(var.device()))
+                .and_then(|t| var.set(&t))
+                .map_err(|e| {
+                    WeightsError::candle(&report.path, e.context(format!("loading `{name}`")))
+                })?;
+            report.loaded.push(name);
+        }
+        report.loaded.sort();
+        Ok(report)
+    }
+}
+
+/// Matches the tensors of `checkpoint` (read from `path`) to the vars of `store` under `options`' names.
+/// A shape mismatch outside the re-initialise prefixes is an error; strictness is the caller's.
+fn plan_load<'c>(
+    store: &ParamStore,
+    path: &Path,
+    checkpoint: &'c Checkpoint,
+    options: &LoadOptions,
+) -> Result<LoadPlan<'c>, WeightsError> {
     let file: HashMap<&str, &Tensor> = checkpoint
         .tensors
         .iter()
@@ -559,7 +624,7 @@ pub fn load_into(
         unexpected: Vec::new(),
         reinitialised: Vec::new(),
     };
-    let mut plan = Vec::new();
+    let mut copies = Vec::new();
     for (name, var) in store.all() {
         if is_counter(&name) {
             continue;
@@ -591,7 +656,7 @@ pub fn load_into(
                 file: tensor.dims().to_vec(),
             });
         }
-        plan.push((name, var, *tensor));
+        copies.push((name, var, *tensor));
     }
     report.unexpected = checkpoint
         .tensors
@@ -601,22 +666,7 @@ pub fn load_into(
         .cloned()
         .collect();
     report.unexpected.sort();
-    if options.strict && !report.is_complete() {
-        return Err(WeightsError::Incomplete {
-            path: path.to_path_buf(),
-            report: Box::new(report),
-        });
-    }
-    for (name, var, tensor) in plan {
-        tensor
-            .to_dtype(var.dtype())
-            .and_then(|t| t.to_device(var.device()))
-            .and_then(|t| var.set(&t))
-            .map_err(|e| WeightsError::candle(path, e.context(format!("loading `{name}`"))))?;
-        report.loaded.push(name);
-    }
-    report.loaded.sort();
-    Ok(report)
+    Ok(LoadPlan { report, copies })
 }
 
 /// Loads a file written by [`save`] back into a store built the same way: strict, every var must match.
