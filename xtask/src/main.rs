@@ -9,9 +9,12 @@
 //! - `train-cub [--method ..] [--backbone ..] [--device cpu|cuda|metal] [--epochs N]`: fetch, train,
 //!   evaluate, compare with the paper;
 //! - `synthetic-table`: the baseline and every method on the synthetic dataset with one budget (the table
-//!   in docs/methods.md).
+//!   in docs/methods.md);
+//! - `fuzz [TARGET...] [--seconds 60]`: the cargo-fuzz targets of `fuzz/`, each for a bounded time with
+//!   libFuzzer's memory limits (see docs/fuzzing.md).
 
 mod bench;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +60,9 @@ enum Task {
     /// Train a method on CUB-200-2011 with its reproduction config (fetching the dataset and weights if
     /// missing), evaluate, and print the result next to the paper's.
     TrainCub(xtask::train_cub::TrainCubArgs),
+    /// Run the cargo-fuzz targets (pth, mat5, checkpoint, config, decode) for a bounded time each, with
+    /// libFuzzer's memory limits; installs cargo-fuzz when missing. docs/fuzzing.md has the results.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +123,7 @@ fn main() -> Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::SyntheticTable(args) => xtask::synthetic_table::run(&args),
         Task::TrainCub(args) => xtask::train_cub::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Download {
             dataset,
             dir,

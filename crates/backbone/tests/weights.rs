@@ -160,9 +160,19 @@ fn foreign_globals_are_refused_not_executed() {
         "{msg}"
     );
     assert!(
-        msg.contains("tiny_with_namespace.pth") && msg.contains("python3 -c"),
+        msg.contains("tiny_with_namespace.pth") && msg.contains("`argparse.Namespace`"),
         "{msg}"
     );
+    // The file may be malicious: the advice never has the user open it in Python.
+    assert!(
+        msg.contains("do not open it in Python")
+            && msg.contains("a source you trust")
+            && msg.contains("torch.save(model.state_dict(), PATH)"),
+        "{msg}"
+    );
+    for unsafe_advice in ["weights_only", "torch.load", "python3 -c"] {
+        assert!(!msg.contains(unsafe_advice), "{msg}");
+    }
 
     // A hand-made legacy file whose object is `os.system("touch PWNED")`.
     let dir = scratch("evil");

@@ -100,11 +100,17 @@ pub fn save(
 /// Reads a checkpoint, putting its tensors on `device`.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    load_bytes(&bytes, path, device)
+}
+
+/// [`load`] of a checkpoint already in memory; `path` only names it in errors.
+pub fn load_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Checkpoint> {
     let bad = |m: String| TrainError::checkpoint(path, m);
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let all = candle_core::safetensors::load_buffer(&bytes, device)?;
+    let all = candle_core::safetensors::load_buffer(bytes, device)
+        .map_err(|e| bad(format!("cannot load its tensors: {e}")))?;
     let mut weights = BTreeMap::new();
     let mut optim = BTreeMap::new();
     for (name, t) in all {

@@ -14,6 +14,9 @@ fn default_backbone() -> String {
 fn one() -> f64 {
     1.0
 }
+fn yes() -> bool {
+    true
+}
 
 /// The model of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,9 +38,15 @@ pub struct ModelConfig {
     #[serde(default)]
     pub first_stride: Option<usize>,
     /// Weights to start from (torchvision `.pth` or safetensors, names as torchvision's), loaded into the
-    /// backbone; layers the file lacks keep their initialisation.
+    /// backbone. A common name prefix (`module.` from DataParallel, `backbone.`, ...) is stripped; tensors
+    /// the backbone has no place for (torchvision's `fc.*`) are ignored and reported.
     #[serde(default)]
     pub pretrained: Option<PathBuf>,
+    /// Whether `pretrained` must cover the whole backbone (the default): a backbone tensor the file lacks
+    /// or has with another shape is an error listing them. `false` loads the tensors that fit, warns with
+    /// the counts, and leaves the others at their initialisation.
+    #[serde(default = "yes")]
+    pub pretrained_strict: bool,
     /// Dropout before the classifier (drawn from the step's keyed stream, so resumes are exact).
     #[serde(default)]
     pub dropout: f64,
@@ -54,6 +63,7 @@ impl Default for ModelConfig {
             width_mult: None,
             first_stride: None,
             pretrained: None,
+            pretrained_strict: true,
             dropout: 0.0,
             head_lr_mult: 1.0,
         }
@@ -102,7 +112,7 @@ pub fn build_backbone_with(
     let options = backbone_options(config).or_defaults(kind, defaults);
     let net = kind.create(&options, p).map_err(model_error)?;
     if let Some(path) = &config.pretrained {
-        load_pretrained(p.store(), path)?;
+        load_pretrained(p.store(), path, config.pretrained_strict)?;
     }
     Ok(net)
 }
@@ -121,14 +131,49 @@ fn model_error(e: BackboneError) -> TrainError {
     }
 }
 
-fn load_pretrained(store: &ParamStore, path: &std::path::Path) -> Result<()> {
-    let options = fgvc_backbone::weights::LoadOptions::new();
-    let report = fgvc_backbone::weights::load_into(store, path, &options).map_err(|e| {
-        TrainError::Msg(format!(
-            "model.pretrained: {e}\n(download torchvision weights with `cargo xtask weights`)"
-        ))
+/// Loads `model.pretrained` into the freshly built backbone of `store` (strictly unless `strict` is false)
+/// and logs what it did: a stripped prefix and the load report at INFO, a partial load as a warning.
+fn load_pretrained(store: &ParamStore, path: &std::path::Path, strict: bool) -> Result<()> {
+    use fgvc_backbone::weights::{self, PretrainedOptions, WeightsError};
+    let options = PretrainedOptions {
+        strict,
+        ..PretrainedOptions::default()
+    };
+    let report = weights::load_pretrained(store, path, &options).map_err(|e| {
+        let hint = match &e {
+            WeightsError::NotFound { .. } => {
+                "\n(download torchvision weights with `cargo xtask weights`)"
+            }
+            WeightsError::DoNotFit { misfit, .. } if misfit.fitting > 0 => {
+                "\n(to train with only the tensors that fit, the others at their initialisation, set \
+                 model.pretrained_strict = false)"
+            }
+            _ => "",
+        };
+        TrainError::Msg(format!("model.pretrained: {e}{hint}"))
     })?;
-    tracing::info!("{report}");
+    if let Some(prefix) = &report.stripped_prefix {
+        let origin = if prefix == "module." {
+            " (saved from a DataParallel model)"
+        } else {
+            ""
+        };
+        tracing::info!(
+            "model.pretrained: the file's tensor names start with `{prefix}`{origin}; loading them without it"
+        );
+    }
+    tracing::info!("model.pretrained: {}", report.load);
+    if !report.covers_the_model() {
+        let load = &report.load;
+        tracing::warn!(
+            "model.pretrained: partial load (model.pretrained_strict = false): {} of {} backbone tensors \
+             loaded; {} missing from the file and {} of another shape keep their initialisation",
+            load.loaded.len(),
+            load.loaded.len() + load.missing.len() + load.reinitialised.len(),
+            load.missing.len(),
+            load.reinitialised.len()
+        );
+    }
     Ok(())
 }
 

@@ -18,6 +18,9 @@
 //!   dtype and device, skips `num_batches_tracked`, and returns a [`LoadReport`] of loaded, missing,
 //!   unexpected and re-initialised names. A shape mismatch is an error, except under prefixes the caller
 //!   marks for re-initialisation (a new classifier for another class count keeps its initialisation).
+//! - [`load_pretrained`] loads a backbone's pretrained weights strictly: every model tensor must be in the
+//!   file with its shape, a common name prefix (`module.`, `backbone.`, ...) is detected and stripped, and
+//!   tensors the model has no place for are reported ([`PretrainedOptions::strict`] allows a partial load).
 //! - [`save`] writes every var of a store, BatchNorm running statistics included, as safetensors through a
 //!   temporary file and a rename, so a crash never leaves a half-written file; [`load`] reads it back
 //!   strictly.
@@ -37,14 +40,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod bounds;
 pub mod catalog;
 mod pickle;
+mod pretrained;
 mod pth;
+
+pub use pretrained::{detect_prefix, load_pretrained, Misfit, PretrainedOptions, PretrainedReport};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -76,6 +83,12 @@ pub const CONVERT_HINT: &str = "convert it once with Python, for a file you trus
 python3 -c \"import sys, torch; from safetensors.torch import save_file; \
 sd = torch.load(sys.argv[1], map_location='cpu', weights_only=False); sd = sd.get('state_dict', sd); \
 save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[2])\" IN.pth OUT.safetensors";
+
+/// What a refused pickle's error says after naming the global: why, and what to do that is safe.
+const REFUSED_HINT: &str = "which is not a tensor or container (loading never executes code from a file). \
+The file may be malicious: do not open it in Python. Get the weights from a source you trust, as \
+safetensors or as a state_dict-only .pth; for a checkpoint you made yourself, re-save only the weights \
+from the program that trained it (`torch.save(model.state_dict(), PATH)`)";
 
 /// Everything that can go wrong reading, loading or saving weights. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -117,11 +130,9 @@ pub enum WeightsError {
         detail: String,
     },
     /// The checkpoint's pickle names a Python global outside the allow-list (it would run code in Python).
-    #[error(
-        "{}: refusing to load: the checkpoint's pickle uses `{global}`, which is not a tensor or container \
-         (loading never executes code from a file); save only the state_dict, or {CONVERT_HINT}",
-        path.display()
-    )]
+    ///
+    /// The message never suggests opening that file in Python: it may be malicious.
+    #[error("{}: refusing to load: the checkpoint's pickle uses `{global}`, {REFUSED_HINT}", path.display())]
     ForbiddenGlobal {
         /// The file.
         path: PathBuf,
@@ -134,6 +145,15 @@ pub enum WeightsError {
         /// The file.
         path: PathBuf,
         /// What is not supported, and what to do.
+        detail: String,
+    },
+    /// The file asks for more memory than its size can account for (a huge declared length, storages
+    /// viewed over and over, a pickle that copies without end), or an allocation failed.
+    #[error("{}: refusing to load: {detail}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// What was too large.
         detail: String,
     },
     /// No dict of tensors was found where a state dict should be.
@@ -169,6 +189,15 @@ pub enum WeightsError {
         path: PathBuf,
         /// What did and did not match.
         report: Box<LoadReport>,
+    },
+    /// Pretrained weights that do not cover the model ([`load_pretrained`]): model tensors missing from
+    /// the file or of another shape (strict), or no tensor fitting at all.
+    #[error("{}: {misfit}", path.display())]
+    DoNotFit {
+        /// The file.
+        path: PathBuf,
+        /// What fits and what does not.
+        misfit: Box<Misfit>,
     },
     /// A tensor operation failed (dtype conversion, copy into a var, serialisation).
     #[error("{}: {source}", path.display())]
@@ -239,6 +268,12 @@ pub fn detect_format(path: impl AsRef<Path>) -> Result<Format, WeightsError> {
     File::open(path)
         .and_then(|f| f.take(512).read_to_end(&mut head))
         .map_err(|e| WeightsError::io(path, e))?;
+    format_of(&head, path)
+}
+
+/// The format whose signature `head` (a file's first bytes, up to 512) starts with; `path` names the file
+/// in errors.
+fn format_of(head: &[u8], path: &Path) -> Result<Format, WeightsError> {
     if head.starts_with(b"PK\x03\x04") {
         return Ok(Format::PthZip);
     }
@@ -298,38 +333,71 @@ pub fn read_checkpoint(
     let format = detect_format(path)?;
     match format {
         Format::Safetensors => {
-            if let Some(key) = key {
-                return Err(WeightsError::Unsupported {
-                    path: path.to_path_buf(),
-                    detail: format!(
-                        "safetensors files are flat; there is no key `{key}` to select"
-                    ),
-                });
-            }
             let bytes = std::fs::read(path).map_err(|e| WeightsError::io(path, e))?;
-            let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
-                WeightsError::Corrupt {
-                    path: path.to_path_buf(),
-                    format,
-                    detail: e.to_string(),
-                }
-            })?;
-            if map.is_empty() {
-                return Err(WeightsError::NoStateDict {
-                    path: path.to_path_buf(),
-                    detail: "the safetensors file holds no tensors".into(),
-                });
-            }
-            let mut tensors: Vec<(String, Tensor)> = map.into_iter().collect();
-            tensors.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(Checkpoint {
-                format,
-                key: None,
-                tensors,
-            })
+            read_safetensors(&bytes, path, key)
         }
-        Format::PthZip | Format::PthLegacy => pth::read(path, format, key),
+        Format::PthZip | Format::PthLegacy => {
+            let file = File::open(path).map_err(|e| WeightsError::io(path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| WeightsError::io(path, e))?
+                .len();
+            pth::read(BufReader::new(file), len, path, format, key)
+        }
     }
+}
+
+/// [`read_checkpoint`] of a file already in memory; `path` only names it in errors.
+///
+/// Reading is bounded by `bytes.len()` for any input: lengths the file declares are checked against what
+/// it holds before anything is allocated, and the tensors built hold at most a small multiple of its size.
+pub fn read_checkpoint_bytes(
+    bytes: &[u8],
+    path: impl AsRef<Path>,
+    key: Option<&str>,
+) -> Result<Checkpoint, WeightsError> {
+    let path = path.as_ref();
+    let format = format_of(&bytes[..bytes.len().min(512)], path)?;
+    match format {
+        Format::Safetensors => read_safetensors(bytes, path, key),
+        Format::PthZip | Format::PthLegacy => {
+            pth::read(Cursor::new(bytes), bytes.len() as u64, path, format, key)
+        }
+    }
+}
+
+fn read_safetensors(
+    bytes: &[u8],
+    path: &Path,
+    key: Option<&str>,
+) -> Result<Checkpoint, WeightsError> {
+    let format = Format::Safetensors;
+    if let Some(key) = key {
+        return Err(WeightsError::Unsupported {
+            path: path.to_path_buf(),
+            detail: format!("safetensors files are flat; there is no key `{key}` to select"),
+        });
+    }
+    let map = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
+        WeightsError::Corrupt {
+            path: path.to_path_buf(),
+            format,
+            detail: e.to_string(),
+        }
+    })?;
+    if map.is_empty() {
+        return Err(WeightsError::NoStateDict {
+            path: path.to_path_buf(),
+            detail: "the safetensors file holds no tensors".into(),
+        });
+    }
+    let mut tensors: Vec<(String, Tensor)> = map.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Checkpoint {
+        format,
+        key: None,
+        tensors,
+    })
 }
 
 /// How [`load_into`] matches a file's tensors to a store's vars.
@@ -491,6 +559,56 @@ pub fn load_into(
 ) -> Result<LoadReport, WeightsError> {
     let path = path.as_ref();
     let checkpoint = read_checkpoint(path, options.key.as_deref())?;
+    let plan = plan_load(store, path, &checkpoint, options)?;
+    if options.strict && !plan.report.is_complete() {
+        return Err(WeightsError::Incomplete {
+            path: path.to_path_buf(),
+            report: Box::new(plan.report),
+        });
+    }
+    plan.apply()
+}
+
+/// What [`load_into`] will copy, decided before any var changes.
+struct LoadPlan<'c> {
+    /// The report, with `loaded` still empty: [`LoadPlan::apply`] fills it.
+    report: LoadReport,
+    /// Store name, var, and the file tensor it takes.
+    copies: Vec<(String, candle_core::Var, &'c Tensor)>,
+}
+
+impl LoadPlan<'_> {
+    /// Store names that will be loaded.
+    fn planned(&self) -> usize {
+        self.copies.len()
+    }
+
+    /// Copies the planned tensors into their vars and returns the completed report.
+    fn apply(self) -> Result<LoadReport, WeightsError> {
+        let LoadPlan { mut report, copies } = self;
+        for (name, var, tensor) in copies {
+            tensor
+                .to_dtype(var.dtype())
+                .and_then(|t| t.to_device(var.device()))
+                .and_then(|t| var.set(&t))
+                .map_err(|e| {
+                    WeightsError::candle(&report.path, e.context(format!("loading `{name}`")))
+                })?;
+            report.loaded.push(name);
+        }
+        report.loaded.sort();
+        Ok(report)
+    }
+}
+
+/// Matches the tensors of `checkpoint` (read from `path`) to the vars of `store` under `options`' names.
+/// A shape mismatch outside the re-initialise prefixes is an error; strictness is the caller's.
+fn plan_load<'c>(
+    store: &ParamStore,
+    path: &Path,
+    checkpoint: &'c Checkpoint,
+    options: &LoadOptions,
+) -> Result<LoadPlan<'c>, WeightsError> {
     let file: HashMap<&str, &Tensor> = checkpoint
         .tensors
         .iter()
@@ -506,7 +624,7 @@ pub fn load_into(
         unexpected: Vec::new(),
         reinitialised: Vec::new(),
     };
-    let mut plan = Vec::new();
+    let mut copies = Vec::new();
     for (name, var) in store.all() {
         if is_counter(&name) {
             continue;
@@ -538,7 +656,7 @@ pub fn load_into(
                 file: tensor.dims().to_vec(),
             });
         }
-        plan.push((name, var, *tensor));
+        copies.push((name, var, *tensor));
     }
     report.unexpected = checkpoint
         .tensors
@@ -548,22 +666,7 @@ pub fn load_into(
         .cloned()
         .collect();
     report.unexpected.sort();
-    if options.strict && !report.is_complete() {
-        return Err(WeightsError::Incomplete {
-            path: path.to_path_buf(),
-            report: Box::new(report),
-        });
-    }
-    for (name, var, tensor) in plan {
-        tensor
-            .to_dtype(var.dtype())
-            .and_then(|t| t.to_device(var.device()))
-            .and_then(|t| var.set(&t))
-            .map_err(|e| WeightsError::candle(path, e.context(format!("loading `{name}`"))))?;
-        report.loaded.push(name);
-    }
-    report.loaded.sort();
-    Ok(report)
+    Ok(LoadPlan { report, copies })
 }
 
 /// Loads a file written by [`save`] back into a store built the same way: strict, every var must match.

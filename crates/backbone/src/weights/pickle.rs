@@ -6,13 +6,26 @@
 //! are interpreted here, never executed; any other global, and the opcodes that instantiate arbitrary
 //! classes (`INST`, `OBJ`, extension registry), are refused with an error naming them. A checkpoint can
 //! therefore never run code on load, which is the same guarantee as `torch.load(weights_only=True)`.
+//!
+//! It is also bounded for any input, in memory and in time:
+//! - every length a pickle declares is checked against the bytes left in the input before anything is
+//!   allocated, and large buffers are allocated fallibly;
+//! - values are shared, not copied, when a pickle duplicates them (`DUP`, memo `GET`), so a few bytes
+//!   cannot double a structure again and again;
+//! - the copies an interpretation does make draw on a work budget proportional to the pickle's size;
+//! - dicts index their keys (a repeated key is found in constant time), marks are a stack of positions;
+//! - nested values are dropped with a loop, not recursion (a pickle can nest a million tuples), and every
+//!   list and dict is emptied when the result is dropped, so a list that contains itself does not leak.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
+use std::ops::Deref;
 use std::rc::Rc;
 
 use candle_core::DType;
+
+use super::bounds::{self, Budget, WORK_PER_BYTE, WORK_SLACK};
 
 /// Why a pickle could not be interpreted. The caller adds the file name.
 #[derive(Debug)]
@@ -23,6 +36,8 @@ pub(crate) enum PickleError {
     Forbidden(String),
     /// A valid pickle feature this reader does not handle.
     Unsupported(String),
+    /// The pickle asks for more memory or work than its size allows, or an allocation failed.
+    TooLarge(String),
 }
 
 type PResult<T> = Result<T, PickleError>;
@@ -72,7 +87,7 @@ impl StorageKind {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StorageRef {
     /// The key of the storage's bytes (zip: `data/<key>`; legacy: its entry in the trailing data).
-    pub key: String,
+    pub key: Rc<str>,
     /// Element type.
     pub kind: StorageKind,
     /// Legacy storage views: offset in elements into the root storage.
@@ -123,35 +138,121 @@ impl Global {
         };
         Ok(g)
     }
+
+    /// Whether this global rebuilds a tensor or parameter from its arguments.
+    fn rebuilds_a_tensor(&self) -> bool {
+        matches!(
+            self,
+            Self::RebuildTensor
+                | Self::RebuildTensorV2
+                | Self::RebuildParameter
+                | Self::RebuildParameterWithState
+        )
+    }
 }
 
-/// A shared, mutable list (Python lists and dicts are references: the memo may hand out the same one twice).
+/// A vector of values that is dropped with a loop instead of recursion: a pickle can nest containers a
+/// million deep, and a recursive drop would overflow the stack.
+#[derive(Debug, Default)]
+pub(crate) struct Values(Vec<Value>);
+
+impl Drop for Values {
+    fn drop(&mut self) {
+        let mut pending = std::mem::take(&mut self.0);
+        while let Some(v) = pending.pop() {
+            v.release_into(&mut pending);
+        }
+    }
+}
+
+impl Deref for Values {
+    type Target = [Value];
+    fn deref(&self) -> &[Value] {
+        &self.0
+    }
+}
+
+/// A dict key this reader can compare: Python compares other keys (tuples, floats) too, but no checkpoint
+/// this reader loads repeats one, so they are kept in order without merging.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DictKey {
+    Str(Rc<str>),
+    Int(i64),
+}
+
+/// An insertion-ordered dict whose string and int keys are indexed, so a repeated key overwrites its entry
+/// in constant time (Python semantics) and a pickle of n items costs O(n), not O(n²).
+#[derive(Debug, Default)]
+pub(crate) struct Dict {
+    /// Keys and values alternating: `k0, v0, k1, v1, ...`.
+    entries: Values,
+    index: HashMap<DictKey, usize>,
+}
+
+impl Dict {
+    fn insert(&mut self, k: Value, v: Value) {
+        let key = match &k {
+            Value::Str(s) => Some(DictKey::Str(s.clone())),
+            Value::Int(i) => Some(DictKey::Int(*i)),
+            _ => None,
+        };
+        if let Some(key) = key {
+            if let Some(&at) = self.index.get(&key) {
+                self.entries.0[2 * at + 1] = v;
+                return;
+            }
+            self.index.insert(key, self.entries.0.len() / 2);
+        }
+        self.entries.0.push(k);
+        self.entries.0.push(v);
+    }
+
+    /// The number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.0.len() / 2
+    }
+
+    /// True when the dict has no entry.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.0.is_empty()
+    }
+
+    /// The `(key, value)` pairs in insertion order.
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&Value, &Value)> {
+        self.entries.0.chunks_exact(2).map(|p| (&p[0], &p[1]))
+    }
+
+    /// The value under the string key `key`.
+    pub(crate) fn get_str(&self, key: &str) -> Option<&Value> {
+        let at = *self.index.get(&DictKey::Str(Rc::from(key)))?;
+        Some(&self.entries.0[2 * at + 1])
+    }
+}
+
+/// A shared, mutable container (Python lists and dicts are references: the memo may hand out the same one
+/// twice).
 pub(crate) type Shared<T> = Rc<RefCell<T>>;
 
-/// A Python value built from a pickle.
+/// A Python value built from a pickle. Cloning is cheap: everything larger than a number is shared.
 #[derive(Debug, Clone)]
 pub(crate) enum Value {
     None,
     Bool(bool),
     Int(i64),
     /// An integer that does not fit in 64 bits, as little-endian two's-complement bytes.
-    BigInt(Vec<u8>),
+    BigInt(Rc<[u8]>),
     Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
-    Tuple(Vec<Value>),
-    List(Shared<Vec<Value>>),
-    Dict(Shared<Vec<(Value, Value)>>),
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
+    Tuple(Rc<Values>),
+    List(Shared<Values>),
+    Dict(Shared<Dict>),
     Global(Global),
     Storage(StorageRef),
-    Tensor(TensorRef),
+    Tensor(Rc<TensorRef>),
 }
 
 impl Value {
-    fn dict(items: Vec<(Value, Value)>) -> Self {
-        Value::Dict(Rc::new(RefCell::new(items)))
-    }
-
     /// A short description for error messages.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
@@ -180,17 +281,6 @@ impl Value {
         }
     }
 
-    fn as_usizes(&self, what: &str) -> PResult<Vec<usize>> {
-        match self {
-            Value::Tuple(items) => items.iter().map(|v| v.as_usize(what)).collect(),
-            Value::List(items) => items.borrow().iter().map(|v| v.as_usize(what)).collect(),
-            other => corrupt(format!(
-                "{what}: expected a tuple of ints, found {}",
-                other.kind()
-            )),
-        }
-    }
-
     /// The string of a `str` (or Python-2 `str` read as bytes).
     pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
@@ -198,80 +288,203 @@ impl Value {
             _ => None,
         }
     }
+
+    /// Moves the children of a container nobody else holds into `pending`, so that dropping `self`
+    /// afterwards is shallow.
+    fn release_into(self, pending: &mut Vec<Value>) {
+        match self {
+            Value::Tuple(t) => {
+                if let Ok(mut t) = Rc::try_unwrap(t) {
+                    pending.append(&mut t.0);
+                }
+            }
+            Value::List(l) => {
+                if let Ok(l) = Rc::try_unwrap(l) {
+                    pending.append(&mut l.into_inner().0);
+                }
+            }
+            Value::Dict(d) => {
+                if let Ok(d) = Rc::try_unwrap(d) {
+                    pending.append(&mut d.into_inner().entries.0);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
-/// One stack slot: a value or the MARK sentinel.
-enum Slot {
-    Mark,
-    Value(Value),
+/// Every list and dict a pickle built. Dropping it empties them all: a pickle can make a list contain
+/// itself, a cycle that reference counting alone would never free.
+#[derive(Default)]
+struct Containers(Vec<Value>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            match c {
+                Value::List(l) => {
+                    let items = std::mem::take(&mut *l.borrow_mut());
+                    drop(items);
+                }
+                Value::Dict(d) => {
+                    let dict = std::mem::take(&mut *d.borrow_mut());
+                    drop(dict);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What [`load`] built: the root value, valid while this lives (its lists and dicts are emptied when it
+/// is dropped).
+pub(crate) struct Pickled {
+    /// The value the pickle returned.
+    pub root: Value,
+    _containers: Containers,
 }
 
 /// Resolves persistent ids (`BINPERSID`) into storages; the format (zip or legacy) decides the layout.
 pub(crate) type PersistentLoad<'a> = dyn FnMut(Value) -> PResult<Value> + 'a;
 
-/// Runs one pickle from `r` to its STOP opcode and returns the value it built.
-pub(crate) fn load<R: Read>(r: &mut R, persistent_load: &mut PersistentLoad<'_>) -> PResult<Value> {
+/// The bytes a pickle is read from, and how many of them are left: every length the pickle declares is
+/// checked against that count before anything is allocated.
+pub(crate) struct Input<R> {
+    r: R,
+    left: u64,
+}
+
+impl<R: Read> Input<R> {
+    /// Reads from `r`, which holds at most `left` more bytes (the rest of a file or buffer).
+    pub(crate) fn new(r: R, left: u64) -> Self {
+        Input { r, left }
+    }
+
+    /// The bytes not read yet (as far as the input's length is known).
+    pub(crate) fn left(&self) -> u64 {
+        self.left
+    }
+
+    fn ended<T>(&self, wanted: u64, what: &str) -> PResult<T> {
+        corrupt(format!(
+            "unexpected end of data: {what} needs {wanted} bytes, {} are left",
+            self.left
+        ))
+    }
+
+    /// `n` bytes, refused before any allocation when the input cannot hold them.
+    fn bytes(&mut self, n: u64, what: &str) -> PResult<Vec<u8>> {
+        if n > self.left {
+            return self.ended(n, what);
+        }
+        let mut buf = bounds::try_with_capacity(n as usize).map_err(|e| {
+            PickleError::TooLarge(format!("cannot allocate {n} bytes for {what}: {e}"))
+        })?;
+        let got = (&mut self.r)
+            .take(n)
+            .read_to_end(&mut buf)
+            .map_err(|e| PickleError::Corrupt(e.to_string()))?;
+        self.left -= got as u64;
+        if got as u64 != n {
+            return self.ended(n, what);
+        }
+        Ok(buf)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> PResult<[u8; N]> {
+        if (N as u64) > self.left {
+            return self.ended(N as u64, what);
+        }
+        let mut a = [0u8; N];
+        match self.r.read_exact(&mut a) {
+            Ok(()) => {
+                self.left -= N as u64;
+                Ok(a)
+            }
+            Err(_) => {
+                self.left = 0;
+                self.ended(N as u64, what)
+            }
+        }
+    }
+
+    fn u8(&mut self, what: &str) -> PResult<u8> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    /// A length field of `N` bytes (little-endian), as the number of bytes that follow.
+    fn len<const N: usize>(&mut self, what: &str) -> PResult<u64> {
+        let a = self.array::<N>(what)?;
+        let mut wide = [0u8; 8];
+        wide[..N].copy_from_slice(&a);
+        Ok(u64::from_le_bytes(wide))
+    }
+
+    /// A protocol-0 text argument, up to its newline.
+    fn line(&mut self, what: &str) -> PResult<String> {
+        let mut out = Vec::new();
+        loop {
+            let b = self.u8(what)?;
+            if b == b'\n' {
+                break;
+            }
+            out.push(b);
+            if out.len() > 1 << 16 {
+                return corrupt(format!("{what}: text line longer than 64 KiB"));
+            }
+        }
+        if out.last() == Some(&b'\r') {
+            out.pop();
+        }
+        String::from_utf8(out).or_else(|_| corrupt(format!("{what}: text is not UTF-8")))
+    }
+}
+
+/// Runs one pickle from `input` to its STOP opcode and returns the value it built.
+pub(crate) fn load<R: Read>(
+    input: &mut Input<R>,
+    persistent_load: &mut PersistentLoad<'_>,
+) -> PResult<Pickled> {
     let mut m = Machine {
         stack: Vec::new(),
+        marks: Vec::new(),
         memo: HashMap::new(),
+        containers: Containers::default(),
+        work: Budget::new(
+            input
+                .left()
+                .saturating_mul(WORK_PER_BYTE)
+                .saturating_add(WORK_SLACK),
+        ),
     };
-    m.run(r, persistent_load)
+    let root = m.run(input, persistent_load)?;
+    Ok(Pickled {
+        root,
+        _containers: std::mem::take(&mut m.containers),
+    })
 }
 
 struct Machine {
-    stack: Vec<Slot>,
+    stack: Vec<Value>,
+    /// Stack positions of the MARKs, innermost last.
+    marks: Vec<usize>,
     memo: HashMap<u64, Value>,
-}
-
-fn read_exact<R: Read>(r: &mut R, n: usize) -> PResult<Vec<u8>> {
-    // Grow as data arrives, so a corrupt length cannot make us allocate gigabytes up front.
-    let mut buf = Vec::with_capacity(n.min(1 << 20));
-    let got = r
-        .take(n as u64)
-        .read_to_end(&mut buf)
-        .map_err(|e| PickleError::Corrupt(e.to_string()))?;
-    if got != n {
-        return corrupt(format!(
-            "unexpected end of data (wanted {n} bytes, got {got})"
-        ));
-    }
-    Ok(buf)
-}
-
-fn read_u8<R: Read>(r: &mut R) -> PResult<u8> {
-    Ok(read_exact(r, 1)?[0])
-}
-
-fn read_le<R: Read, const N: usize>(r: &mut R) -> PResult<[u8; N]> {
-    let v = read_exact(r, N)?;
-    let mut a = [0u8; N];
-    a.copy_from_slice(&v);
-    Ok(a)
-}
-
-fn read_line<R: Read>(r: &mut R) -> PResult<String> {
-    let mut out = Vec::new();
-    loop {
-        let b = read_u8(r)?;
-        if b == b'\n' {
-            break;
-        }
-        out.push(b);
-        if out.len() > 1 << 16 {
-            return corrupt("text line longer than 64 KiB");
-        }
-    }
-    if out.last() == Some(&b'\r') {
-        out.pop();
-    }
-    String::from_utf8(out).or_else(|_| corrupt("text opcode argument is not UTF-8"))
+    containers: Containers,
+    /// Values copied so far may not exceed a multiple of the pickle's size.
+    work: Budget,
 }
 
 /// Python 2 `str` objects arrive as bytes; torch.load decodes them as UTF-8 (falling back to Latin-1 here).
 fn py2_str(bytes: Vec<u8>) -> Value {
     match String::from_utf8(bytes) {
-        Ok(s) => Value::Str(s),
-        Err(e) => Value::Str(e.into_bytes().iter().map(|&b| b as char).collect()),
+        Ok(s) => Value::Str(s.into()),
+        Err(e) => Value::Str(
+            e.into_bytes()
+                .iter()
+                .map(|&b| b as char)
+                .collect::<String>()
+                .into(),
+        ),
     }
 }
 
@@ -286,7 +499,7 @@ fn long_from_bytes(bytes: Vec<u8>) -> Value {
         a[..bytes.len()].copy_from_slice(&bytes);
         Value::Int(i64::from_le_bytes(a))
     } else {
-        Value::BigInt(bytes)
+        Value::BigInt(bytes.into())
     }
 }
 
@@ -333,39 +546,60 @@ fn unquote(line: &str) -> PResult<Vec<u8>> {
 
 impl Machine {
     fn push(&mut self, v: Value) {
-        self.stack.push(Slot::Value(v));
+        self.stack.push(v);
+    }
+
+    /// The stack position where the innermost MARK's frame starts.
+    fn frame_start(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
     }
 
     fn pop(&mut self) -> PResult<Value> {
-        match self.stack.pop() {
-            Some(Slot::Value(v)) => Ok(v),
-            Some(Slot::Mark) => corrupt("unexpected MARK on the stack"),
-            None => corrupt("pop from an empty stack"),
+        if self.stack.len() <= self.frame_start() {
+            return if self.marks.is_empty() {
+                corrupt("pop from an empty stack")
+            } else {
+                corrupt("unexpected MARK on the stack")
+            };
         }
+        Ok(self.stack.pop().expect("checked length"))
     }
 
     fn top(&mut self) -> PResult<&mut Value> {
-        match self.stack.last_mut() {
-            Some(Slot::Value(v)) => Ok(v),
-            _ => corrupt("no value on top of the stack"),
+        if self.stack.len() <= self.frame_start() {
+            return corrupt("no value on top of the stack");
         }
+        Ok(self.stack.last_mut().expect("checked length"))
     }
 
     fn pop_mark(&mut self) -> PResult<Vec<Value>> {
-        let Some(pos) = self.stack.iter().rposition(|s| matches!(s, Slot::Mark)) else {
+        let Some(pos) = self.marks.pop() else {
             return corrupt("MARK not found");
         };
-        let items = self
-            .stack
-            .split_off(pos + 1)
-            .into_iter()
-            .map(|s| match s {
-                Slot::Value(v) => v,
-                Slot::Mark => unreachable!("rposition found the last mark"),
-            })
-            .collect();
-        self.stack.pop();
-        Ok(items)
+        Ok(self.stack.split_off(pos))
+    }
+
+    /// Charges `n` copied values to the work budget.
+    fn spend(&mut self, n: usize, what: &str) -> PResult<()> {
+        if self.work.take(n as u64) {
+            Ok(())
+        } else {
+            Err(PickleError::TooLarge(format!(
+                "{what}: the pickle copies more values than its size allows (a pickle bomb)"
+            )))
+        }
+    }
+
+    fn new_list(&mut self, items: Vec<Value>) -> Value {
+        let l = Value::List(Rc::new(RefCell::new(Values(items))));
+        self.containers.0.push(l.clone());
+        l
+    }
+
+    fn new_dict(&mut self) -> Value {
+        let d = Value::Dict(Rc::new(RefCell::new(Dict::default())));
+        self.containers.0.push(d.clone());
+        d
     }
 
     fn memo_get(&mut self, id: u64) -> PResult<()> {
@@ -395,12 +629,7 @@ impl Machine {
         let mut d = d.borrow_mut();
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            // Python semantics: a repeated key overwrites in place.
-            if let Some(slot) = d.iter_mut().find(|(old, _)| same_key(old, &k)) {
-                slot.1 = v;
-            } else {
-                d.push((k, v));
-            }
+            d.insert(k, v);
         }
         Ok(())
     }
@@ -408,7 +637,7 @@ impl Machine {
     fn append(&mut self, items: Vec<Value>) -> PResult<()> {
         match self.top()? {
             Value::List(l) => {
-                l.borrow_mut().extend(items);
+                l.borrow_mut().0.extend(items);
                 Ok(())
             }
             other => corrupt(format!("APPEND(S) on a {}", other.kind())),
@@ -417,29 +646,31 @@ impl Machine {
 
     fn run<R: Read>(
         &mut self,
-        r: &mut R,
+        r: &mut Input<R>,
         persistent_load: &mut PersistentLoad<'_>,
     ) -> PResult<Value> {
         loop {
-            let op = read_u8(r)?;
+            let op = r.u8("opcode")?;
             match op {
                 // Framing and protocol.
                 0x80 => {
-                    let proto = read_u8(r)?;
+                    let proto = r.u8("PROTO")?;
                     if proto > 5 {
                         return Err(PickleError::Unsupported(format!("pickle protocol {proto}")));
                     }
                 }
                 0x95 => {
-                    read_le::<R, 8>(r)?;
+                    r.array::<8>("FRAME")?;
                 }
                 b'.' => return self.pop(),
                 // Stack manipulation.
-                b'(' => self.stack.push(Slot::Mark),
+                b'(' => self.marks.push(self.stack.len()),
                 b'0' => {
-                    self.stack
-                        .pop()
-                        .ok_or(PickleError::Corrupt("POP on an empty stack".into()))?;
+                    if self.stack.len() > self.frame_start() {
+                        self.stack.pop();
+                    } else if self.marks.pop().is_none() {
+                        return corrupt("POP on an empty stack");
+                    }
                 }
                 b'1' => {
                     self.pop_mark()?;
@@ -453,7 +684,7 @@ impl Machine {
                 0x88 => self.push(Value::Bool(true)),
                 0x89 => self.push(Value::Bool(false)),
                 b'I' => {
-                    let line = read_line(r)?;
+                    let line = r.line("INT")?;
                     let v = match line.as_str() {
                         "00" => Value::Bool(false),
                         "01" => Value::Bool(true),
@@ -461,11 +692,11 @@ impl Machine {
                     };
                     self.push(v);
                 }
-                b'J' => self.push(Value::Int(i32::from_le_bytes(read_le(r)?) as i64)),
-                b'K' => self.push(Value::Int(read_u8(r)? as i64)),
-                b'M' => self.push(Value::Int(u16::from_le_bytes(read_le(r)?) as i64)),
+                b'J' => self.push(Value::Int(i32::from_le_bytes(r.array("BININT")?) as i64)),
+                b'K' => self.push(Value::Int(r.u8("BININT1")? as i64)),
+                b'M' => self.push(Value::Int(u16::from_le_bytes(r.array("BININT2")?) as i64)),
                 b'L' => {
-                    let line = read_line(r)?;
+                    let line = r.line("LONG")?;
                     let s = line.trim_end_matches('L');
                     match s.parse::<i64>() {
                         Ok(i) => self.push(Value::Int(i)),
@@ -477,91 +708,92 @@ impl Machine {
                     }
                 }
                 0x8a => {
-                    let n = read_u8(r)? as usize;
-                    let bytes = read_exact(r, n)?;
+                    let n = r.len::<1>("LONG1")?;
+                    let bytes = r.bytes(n, "LONG1")?;
                     self.push(long_from_bytes(bytes));
                 }
                 0x8b => {
-                    let n = i32::from_le_bytes(read_le(r)?);
+                    let n = i32::from_le_bytes(r.array("LONG4")?);
                     if n < 0 {
                         return corrupt("LONG4 with a negative length");
                     }
-                    let bytes = read_exact(r, n as usize)?;
+                    let bytes = r.bytes(n as u64, "LONG4")?;
                     self.push(long_from_bytes(bytes));
                 }
                 b'F' => {
-                    let line = read_line(r)?;
+                    let line = r.line("FLOAT")?;
                     self.push(Value::Float(
                         line.parse()
                             .or_else(|_| corrupt(format!("bad FLOAT `{line}`")))?,
                     ));
                 }
-                b'G' => self.push(Value::Float(f64::from_be_bytes(read_le(r)?))),
+                b'G' => self.push(Value::Float(f64::from_be_bytes(r.array("BINFLOAT")?))),
                 // Strings and bytes.
                 b'S' => {
-                    let line = read_line(r)?;
+                    let line = r.line("STRING")?;
                     let bytes = unquote(&line)?;
                     self.push(py2_str(bytes));
                 }
                 b'T' => {
-                    let n = i32::from_le_bytes(read_le(r)?);
+                    let n = i32::from_le_bytes(r.array("BINSTRING")?);
                     if n < 0 {
                         return corrupt("BINSTRING with a negative length");
                     }
-                    let bytes = read_exact(r, n as usize)?;
+                    let bytes = r.bytes(n as u64, "BINSTRING")?;
                     self.push(py2_str(bytes));
                 }
                 b'U' => {
-                    let n = read_u8(r)? as usize;
-                    let bytes = read_exact(r, n)?;
+                    let n = r.len::<1>("SHORT_BINSTRING")?;
+                    let bytes = r.bytes(n, "SHORT_BINSTRING")?;
                     self.push(py2_str(bytes));
                 }
                 b'V' => {
-                    let line = read_line(r)?;
-                    self.push(Value::Str(line));
+                    let line = r.line("UNICODE")?;
+                    self.push(Value::Str(line.into()));
                 }
                 b'X' | 0x8c | 0x8d => {
-                    let n = match op {
-                        b'X' => u32::from_le_bytes(read_le(r)?) as usize,
-                        0x8c => read_u8(r)? as usize,
-                        _ => u64::from_le_bytes(read_le(r)?) as usize,
+                    let (n, what) = match op {
+                        b'X' => (r.len::<4>("BINUNICODE")?, "BINUNICODE"),
+                        0x8c => (r.len::<1>("SHORT_BINUNICODE")?, "SHORT_BINUNICODE"),
+                        _ => (r.len::<8>("BINUNICODE8")?, "BINUNICODE8"),
                     };
-                    let bytes = read_exact(r, n)?;
+                    let bytes = r.bytes(n, what)?;
                     let s = String::from_utf8(bytes)
-                        .or_else(|_| corrupt("unicode string is not UTF-8"))?;
-                    self.push(Value::Str(s));
+                        .or_else(|_| corrupt(format!("{what} string is not UTF-8")))?;
+                    self.push(Value::Str(s.into()));
                 }
                 b'B' | b'C' | 0x8e | 0x96 => {
-                    let n = match op {
-                        b'B' => u32::from_le_bytes(read_le(r)?) as usize,
-                        b'C' => read_u8(r)? as usize,
-                        _ => u64::from_le_bytes(read_le(r)?) as usize,
+                    let (n, what) = match op {
+                        b'B' => (r.len::<4>("BINBYTES")?, "BINBYTES"),
+                        b'C' => (r.len::<1>("SHORT_BINBYTES")?, "SHORT_BINBYTES"),
+                        0x8e => (r.len::<8>("BINBYTES8")?, "BINBYTES8"),
+                        _ => (r.len::<8>("BYTEARRAY8")?, "BYTEARRAY8"),
                     };
-                    let bytes = read_exact(r, n)?;
-                    self.push(Value::Bytes(bytes));
+                    let bytes = r.bytes(n, what)?;
+                    self.push(Value::Bytes(bytes.into()));
                 }
                 // Containers.
-                b')' => self.push(Value::Tuple(Vec::new())),
+                b')' => self.push(Value::Tuple(Rc::default())),
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items));
+                    self.push(Value::Tuple(Rc::new(Values(items))));
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
-                    if self.stack.len() < n {
+                    if self.stack.len() < self.frame_start() + n {
                         return corrupt("TUPLE1/2/3 on a short stack");
                     }
-                    let mut items = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        items.push(self.pop()?);
-                    }
-                    items.reverse();
-                    self.push(Value::Tuple(items));
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.push(Value::Tuple(Rc::new(Values(items))));
                 }
-                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+                b']' => {
+                    let l = self.new_list(Vec::new());
+                    self.push(l);
+                }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))));
+                    let l = self.new_list(items);
+                    self.push(l);
                 }
                 b'a' => {
                     let v = self.pop()?;
@@ -571,10 +803,14 @@ impl Machine {
                     let items = self.pop_mark()?;
                     self.append(items)?;
                 }
-                b'}' => self.push(Value::dict(Vec::new())),
+                b'}' => {
+                    let d = self.new_dict();
+                    self.push(d);
+                }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::dict(Vec::new()));
+                    let d = self.new_dict();
+                    self.push(d);
                     self.set_items(items)?;
                 }
                 b's' => {
@@ -587,29 +823,33 @@ impl Machine {
                     self.set_items(items)?;
                 }
                 // Sets become lists: only their contents matter here.
-                0x8f => self.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+                0x8f => {
+                    let l = self.new_list(Vec::new());
+                    self.push(l);
+                }
                 0x90 => {
                     let items = self.pop_mark()?;
                     self.append(items)?;
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))));
+                    let l = self.new_list(items);
+                    self.push(l);
                 }
                 // Memo.
                 b'p' => {
-                    let line = read_line(r)?;
+                    let line = r.line("PUT")?;
                     let id = line
                         .parse()
                         .or_else(|_| corrupt(format!("bad PUT id `{line}`")))?;
                     self.memo_put(id)?;
                 }
                 b'q' => {
-                    let id = read_u8(r)? as u64;
+                    let id = r.u8("BINPUT")? as u64;
                     self.memo_put(id)?;
                 }
                 b'r' => {
-                    let id = u32::from_le_bytes(read_le(r)?) as u64;
+                    let id = u32::from_le_bytes(r.array("LONG_BINPUT")?) as u64;
                     self.memo_put(id)?;
                 }
                 0x94 => {
@@ -617,24 +857,24 @@ impl Machine {
                     self.memo_put(id)?;
                 }
                 b'g' => {
-                    let line = read_line(r)?;
+                    let line = r.line("GET")?;
                     let id = line
                         .parse()
                         .or_else(|_| corrupt(format!("bad GET id `{line}`")))?;
                     self.memo_get(id)?;
                 }
                 b'h' => {
-                    let id = read_u8(r)? as u64;
+                    let id = r.u8("BINGET")? as u64;
                     self.memo_get(id)?;
                 }
                 b'j' => {
-                    let id = u32::from_le_bytes(read_le(r)?) as u64;
+                    let id = u32::from_le_bytes(r.array("LONG_BINGET")?) as u64;
                     self.memo_get(id)?;
                 }
                 // Globals and calls: only the allow-list, interpreted, never executed.
                 b'c' => {
-                    let module = read_line(r)?;
-                    let name = read_line(r)?;
+                    let module = r.line("GLOBAL module")?;
+                    let name = r.line("GLOBAL name")?;
                     self.push(Value::Global(Global::resolve(&module, &name)?));
                 }
                 0x93 => {
@@ -648,7 +888,7 @@ impl Machine {
                 b'R' | 0x81 => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = call(callable, args)?;
+                    let v = self.call(callable, args)?;
                     self.push(v);
                 }
                 0x92 => {
@@ -662,7 +902,7 @@ impl Machine {
                             ));
                         }
                     }
-                    let v = call(callable, args)?;
+                    let v = self.call(callable, args)?;
                     self.push(v);
                 }
                 b'b' => {
@@ -703,123 +943,152 @@ impl Machine {
             }
         }
     }
-}
 
-fn same_key(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Str(x), Value::Str(y)) => x == y,
-        (Value::Int(x), Value::Int(y)) => x == y,
-        _ => false,
+    /// The ints of a tuple or list (a tensor's size or stride), charged to the work budget.
+    fn usizes(&mut self, v: &Value, what: &str) -> PResult<Vec<usize>> {
+        match v {
+            Value::Tuple(items) => {
+                self.spend(items.len(), what)?;
+                items.iter().map(|v| v.as_usize(what)).collect()
+            }
+            Value::List(items) => {
+                let items = items.borrow();
+                self.spend(items.len(), what)?;
+                items.iter().map(|v| v.as_usize(what)).collect()
+            }
+            other => corrupt(format!(
+                "{what}: expected a tuple of ints, found {}",
+                other.kind()
+            )),
+        }
+    }
+
+    /// `_rebuild_tensor(storage, storage_offset, size, stride, ...)`.
+    fn rebuild_tensor(&mut self, args: &[Value]) -> PResult<Value> {
+        if args.len() < 4 {
+            return corrupt(format!("_rebuild_tensor with {} arguments", args.len()));
+        }
+        let Value::Storage(storage) = &args[0] else {
+            return corrupt(format!(
+                "_rebuild_tensor on a {}, not a storage",
+                args[0].kind()
+            ));
+        };
+        let offset = args[1].as_usize("storage offset")?;
+        let size = self.usizes(&args[2], "tensor size")?;
+        let stride = self.usizes(&args[3], "tensor stride")?;
+        if size.len() != stride.len() {
+            return corrupt(format!(
+                "tensor size {size:?} and stride {stride:?} differ in rank"
+            ));
+        }
+        Ok(Value::Tensor(Rc::new(TensorRef {
+            storage: storage.clone(),
+            offset,
+            size,
+            stride,
+        })))
+    }
+
+    /// Interprets a call of an allow-listed global.
+    fn call(&mut self, callable: Value, args: Value) -> PResult<Value> {
+        let Value::Global(g) = callable else {
+            return corrupt(format!(
+                "call of a {}, not a class or function",
+                callable.kind()
+            ));
+        };
+        match g {
+            Global::OrderedDict => {
+                let args = tuple_args(args, "OrderedDict")?;
+                let dict = self.new_dict();
+                // Python 2 pickles `OrderedDict([[k, v], ...])`; Python 3 an empty call plus SETITEMS.
+                if let Some(first) = args.first() {
+                    let pairs: Vec<Value> = match first {
+                        Value::List(l) => l.borrow().to_vec(),
+                        Value::Tuple(t) => t.to_vec(),
+                        other => return corrupt(format!("OrderedDict({})", other.kind())),
+                    };
+                    self.spend(pairs.len(), "OrderedDict")?;
+                    let Value::Dict(d) = &dict else {
+                        unreachable!("new_dict makes a dict")
+                    };
+                    for pair in pairs {
+                        let kv: Vec<Value> = match &pair {
+                            Value::List(l) => l.borrow().to_vec(),
+                            Value::Tuple(t) => t.to_vec(),
+                            other => {
+                                return corrupt(format!("OrderedDict item is a {}", other.kind()))
+                            }
+                        };
+                        self.spend(kv.len(), "OrderedDict")?;
+                        let [k, v]: [Value; 2] = kv
+                            .try_into()
+                            .or_else(|_| corrupt("OrderedDict item is not a pair"))?;
+                        d.borrow_mut().insert(k, v);
+                    }
+                }
+                Ok(dict)
+            }
+            Global::RebuildTensor | Global::RebuildTensorV2 => {
+                let args = tuple_args(args, "_rebuild_tensor")?;
+                self.rebuild_tensor(&args)
+            }
+            Global::RebuildParameter | Global::RebuildParameterWithState => {
+                let args = tuple_args(args, "_rebuild_parameter")?;
+                match args.first() {
+                    Some(t @ Value::Tensor(_)) => Ok(t.clone()),
+                    _ => corrupt("_rebuild_parameter without a tensor"),
+                }
+            }
+            Global::RebuildFromTypeV2 => {
+                // (func, new_type, args, state): only the plain tensor/parameter types, and only a tensor
+                // rebuild as func (never this function again, so the interpretation cannot recurse).
+                let args = tuple_args(args, "_rebuild_from_type_v2")?;
+                let (Some(func), Some(ty), Some(inner)) = (args.first(), args.get(1), args.get(2))
+                else {
+                    return corrupt("_rebuild_from_type_v2 with too few arguments");
+                };
+                if !matches!(ty, Value::Global(Global::TensorType)) {
+                    return Err(PickleError::Unsupported("tensor subclasses".into()));
+                }
+                match func {
+                    Value::Global(g) if g.rebuilds_a_tensor() => {
+                        self.call(func.clone(), inner.clone())
+                    }
+                    other => corrupt(format!(
+                        "_rebuild_from_type_v2 of a {}, not a tensor rebuild",
+                        other.kind()
+                    )),
+                }
+            }
+            Global::CodecsEncode => {
+                let args = tuple_args(args, "_codecs.encode")?;
+                match args.first() {
+                    // Python 3 pickles `bytes` at protocol 2 as encode(latin-1 text, "latin1").
+                    Some(Value::Str(s)) => {
+                        self.spend(s.len(), "_codecs.encode")?;
+                        Ok(Value::Bytes(s.chars().map(|c| c as u32 as u8).collect()))
+                    }
+                    _ => corrupt("_codecs.encode without a string"),
+                }
+            }
+            Global::TensorType => Err(PickleError::Unsupported(
+                "constructing torch.Tensor directly".into(),
+            )),
+            Global::Storage(_) => Err(PickleError::Unsupported(
+                "constructing a storage directly".into(),
+            )),
+        }
     }
 }
 
-fn tuple_args(args: Value, what: &str) -> PResult<Vec<Value>> {
+fn tuple_args(args: Value, what: &str) -> PResult<Rc<Values>> {
     match args {
         Value::Tuple(items) => Ok(items),
         other => corrupt(format!(
             "{what}: arguments are a {}, not a tuple",
             other.kind()
-        )),
-    }
-}
-
-/// `_rebuild_tensor(storage, storage_offset, size, stride, ...)`.
-fn rebuild_tensor(args: &[Value]) -> PResult<Value> {
-    if args.len() < 4 {
-        return corrupt(format!("_rebuild_tensor with {} arguments", args.len()));
-    }
-    let Value::Storage(storage) = &args[0] else {
-        return corrupt(format!(
-            "_rebuild_tensor on a {}, not a storage",
-            args[0].kind()
-        ));
-    };
-    let offset = args[1].as_usize("storage offset")?;
-    let size = args[2].as_usizes("tensor size")?;
-    let stride = args[3].as_usizes("tensor stride")?;
-    if size.len() != stride.len() {
-        return corrupt(format!(
-            "tensor size {size:?} and stride {stride:?} differ in rank"
-        ));
-    }
-    Ok(Value::Tensor(TensorRef {
-        storage: storage.clone(),
-        offset,
-        size,
-        stride,
-    }))
-}
-
-/// Interprets a call of an allow-listed global.
-fn call(callable: Value, args: Value) -> PResult<Value> {
-    let Value::Global(g) = callable else {
-        return corrupt(format!(
-            "call of a {}, not a class or function",
-            callable.kind()
-        ));
-    };
-    match g {
-        Global::OrderedDict => {
-            let args = tuple_args(args, "OrderedDict")?;
-            let mut items = Vec::new();
-            // Python 2 pickles `OrderedDict([[k, v], ...])`; Python 3 an empty call plus SETITEMS.
-            if let Some(first) = args.first() {
-                let pairs: Vec<Value> = match first {
-                    Value::List(l) => l.borrow().clone(),
-                    Value::Tuple(t) => t.clone(),
-                    other => return corrupt(format!("OrderedDict({})", other.kind())),
-                };
-                for pair in pairs {
-                    let kv: Vec<Value> = match pair {
-                        Value::List(l) => l.borrow().clone(),
-                        Value::Tuple(t) => t,
-                        other => return corrupt(format!("OrderedDict item is a {}", other.kind())),
-                    };
-                    let [k, v]: [Value; 2] = kv
-                        .try_into()
-                        .or_else(|_| corrupt("OrderedDict item is not a pair"))?;
-                    items.push((k, v));
-                }
-            }
-            Ok(Value::dict(items))
-        }
-        Global::RebuildTensor | Global::RebuildTensorV2 => {
-            rebuild_tensor(&tuple_args(args, "_rebuild_tensor")?)
-        }
-        Global::RebuildParameter | Global::RebuildParameterWithState => {
-            let args = tuple_args(args, "_rebuild_parameter")?;
-            match args.into_iter().next() {
-                Some(t @ Value::Tensor(_)) => Ok(t),
-                _ => corrupt("_rebuild_parameter without a tensor"),
-            }
-        }
-        Global::RebuildFromTypeV2 => {
-            // (func, new_type, args, state): only the plain tensor/parameter types are accepted.
-            let mut args = tuple_args(args, "_rebuild_from_type_v2")?.into_iter();
-            let (Some(func), Some(ty), Some(inner)) = (args.next(), args.next(), args.next())
-            else {
-                return corrupt("_rebuild_from_type_v2 with too few arguments");
-            };
-            if !matches!(ty, Value::Global(Global::TensorType)) {
-                return Err(PickleError::Unsupported("tensor subclasses".into()));
-            }
-            call(func, inner)
-        }
-        Global::CodecsEncode => {
-            let args = tuple_args(args, "_codecs.encode")?;
-            match args.first() {
-                // Python 3 pickles `bytes` at protocol 2 as encode(latin-1 text, "latin1").
-                Some(Value::Str(s)) => {
-                    Ok(Value::Bytes(s.chars().map(|c| c as u32 as u8).collect()))
-                }
-                _ => corrupt("_codecs.encode without a string"),
-            }
-        }
-        Global::TensorType => Err(PickleError::Unsupported(
-            "constructing torch.Tensor directly".into(),
-        )),
-        Global::Storage(_) => Err(PickleError::Unsupported(
-            "constructing a storage directly".into(),
         )),
     }
 }
@@ -831,9 +1100,10 @@ pub(crate) fn storage_from_pid(pid: Value) -> PResult<(StorageRef, usize)> {
         return corrupt(format!("persistent id is a {}, not a tuple", pid.kind()));
     };
     if items.first().and_then(Value::as_str) != Some("storage") {
+        let first = items.first().and_then(Value::as_str).unwrap_or("?");
+        let shown: String = first.chars().take(40).collect();
         return Err(PickleError::Unsupported(format!(
-            "persistent id `{:?}` (only storages are supported)",
-            items.first().and_then(Value::as_str).unwrap_or("?")
+            "persistent id `{shown:?}` (only storages are supported)"
         )));
     }
     if items.len() != 5 && items.len() != 6 {
@@ -842,7 +1112,7 @@ pub(crate) fn storage_from_pid(pid: Value) -> PResult<(StorageRef, usize)> {
     let Value::Global(Global::Storage(kind)) = &items[1] else {
         return corrupt("storage persistent id without a storage type");
     };
-    let Some(key) = items[2].as_str() else {
+    let Value::Str(key) = &items[2] else {
         return corrupt("storage key is not a string");
     };
     let numel = items[4].as_usize("storage size")?;
@@ -859,7 +1129,7 @@ pub(crate) fn storage_from_pid(pid: Value) -> PResult<(StorageRef, usize)> {
         )),
         _ => Ok((
             StorageRef {
-                key: key.to_string(),
+                key: key.clone(),
                 kind: *kind,
                 view_offset,
             },
@@ -872,20 +1142,33 @@ pub(crate) fn storage_from_pid(pid: Value) -> PResult<(StorageRef, usize)> {
 mod tests {
     use super::*;
 
-    fn run(bytes: &[u8]) -> PResult<Value> {
-        load(&mut &bytes[..], &mut |pid| {
+    fn run(bytes: &[u8]) -> PResult<Pickled> {
+        let mut input = Input::new(bytes, bytes.len() as u64);
+        load(&mut input, &mut |pid| {
             Ok(Value::Storage(storage_from_pid(pid)?.0))
         })
     }
 
+    fn detail(r: PResult<Pickled>) -> String {
+        match r {
+            Err(PickleError::Corrupt(d) | PickleError::TooLarge(d)) => d,
+            Err(e) => panic!("not a corrupt/too-large error: {e:?}"),
+            Ok(p) => panic!("read as {}", p.root.kind()),
+        }
+    }
+
     #[test]
     fn refuses_unknown_globals() {
-        let err = run(b"cos\nsystem\nX\x04\x00\x00\x00echo\x85R.").unwrap_err();
+        let err = run(b"cos\nsystem\nX\x04\x00\x00\x00echo\x85R.")
+            .err()
+            .unwrap();
         assert!(
             matches!(err, PickleError::Forbidden(ref g) if g == "os.system"),
             "{err:?}"
         );
-        let err = run(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.").unwrap_err();
+        let err = run(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.")
+            .err()
+            .unwrap();
         assert!(
             matches!(err, PickleError::Forbidden(ref g) if g == "builtins.eval"),
             "{err:?}"
@@ -896,15 +1179,15 @@ mod tests {
     fn reads_big_longs_and_py2_ordered_dicts() {
         // The legacy magic number is a 10-byte LONG1.
         let v = run(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.").unwrap();
-        assert!(matches!(v, Value::BigInt(ref b) if b.len() == 10));
+        assert!(matches!(v.root, Value::BigInt(ref b) if b.len() == 10));
         let v = run(b"\x80\x02\x8a\x02\xe9\x03.").unwrap();
-        assert!(matches!(v, Value::Int(1001)));
+        assert!(matches!(v.root, Value::Int(1001)));
         // Python 2: OrderedDict([['a', 1]]) with a SHORT_BINSTRING key.
         let v = run(b"ccollections\nOrderedDict\n]](U\x01aK\x01ea\x85R.").unwrap();
-        let Value::Dict(d) = v else {
+        let Value::Dict(d) = &v.root else {
             panic!("not a dict")
         };
-        assert_eq!(d.borrow()[0].0.as_str(), Some("a"));
+        assert_eq!(d.borrow().pairs().next().unwrap().0.as_str(), Some("a"));
     }
 
     #[test]
@@ -914,5 +1197,133 @@ mod tests {
             Err(PickleError::Corrupt(_))
         ));
         assert!(matches!(run(b"\x80\x02}"), Err(PickleError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_declared_length_beyond_the_input_is_refused_before_allocating() {
+        // BINUNICODE8 / BINBYTES8 / BYTEARRAY8 claiming 2^62 bytes, BINBYTES claiming 4 GiB - 1, LONG4 2 GiB - 1.
+        for (op, len) in [
+            (0x8d, &(1u64 << 62).to_le_bytes()[..]),
+            (0x8e, &(1u64 << 62).to_le_bytes()[..]),
+            (0x96, &u64::MAX.to_le_bytes()[..]),
+            (b'B', &u32::MAX.to_le_bytes()[..]),
+            (b'T', &i32::MAX.to_le_bytes()[..]),
+            (0x8b, &i32::MAX.to_le_bytes()[..]),
+        ] {
+            let mut bytes = vec![0x80, 0x04, op];
+            bytes.extend_from_slice(len);
+            bytes.extend_from_slice(b"abc.");
+            let d = detail(run(&bytes));
+            assert!(
+                d.starts_with("unexpected end of data:") && d.ends_with("bytes, 4 are left"),
+                "opcode 0x{op:02x}: {d}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicated_values_are_shared_not_copied() {
+        // A tuple of two copies of the previous one, 60 times over: 2^60 leaves if copied.
+        let mut bytes = b"\x80\x04K\x01".to_vec();
+        for _ in 0..60 {
+            bytes.extend_from_slice(b"2\x86");
+        }
+        bytes.push(b'.');
+        let v = run(&bytes).unwrap();
+        assert!(matches!(v.root, Value::Tuple(ref t) if t.len() == 2));
+        // The same through the memo: PUT 0, then GET 0 twice and TUPLE2, 60 times.
+        let mut bytes = b"\x80\x04K\x01".to_vec();
+        for _ in 0..60 {
+            bytes.extend_from_slice(b"q\x00h\x00\x86");
+        }
+        bytes.push(b'.');
+        assert!(run(&bytes).is_ok());
+    }
+
+    #[test]
+    fn a_million_nested_tuples_drop_without_overflowing_the_stack() {
+        let mut bytes = b"\x80\x04)".to_vec();
+        bytes.resize(bytes.len() + 1_000_000, 0x85);
+        bytes.push(b'.');
+        let v = run(&bytes).unwrap();
+        drop(v);
+        // The same left on the stack by an error, and a deep chain of lists.
+        bytes.pop();
+        assert!(run(&bytes).is_err());
+        let mut lists = b"\x80\x04]".to_vec();
+        for _ in 0..300_000 {
+            lists.extend_from_slice(b"]q\x00a0h\x00");
+        }
+        lists.push(b'.');
+        assert!(run(&lists).is_ok());
+    }
+
+    #[test]
+    fn a_list_that_contains_itself_is_emptied_on_drop() {
+        let v = run(b"\x80\x04]q\x00h\x00a.").unwrap();
+        let Value::List(l) = v.root.clone() else {
+            panic!("not a list")
+        };
+        assert_eq!(l.borrow().len(), 1);
+        drop(v);
+        assert_eq!(l.borrow().len(), 0, "the cycle was broken");
+        assert_eq!(Rc::strong_count(&l), 1);
+    }
+
+    #[test]
+    fn reusing_a_memoised_list_in_many_calls_runs_out_of_budget() {
+        // OrderedDict(list of 2000 pairs) called 20000 times through the memo: 4e7 copies from 60 KB.
+        let mut bytes = b"\x80\x04ccollections\nOrderedDict\nq\x00](".to_vec();
+        for i in 0..2000u32 {
+            bytes.push(b'J');
+            bytes.extend_from_slice(&i.to_le_bytes());
+            bytes.extend_from_slice(b"K\x00\x86");
+        }
+        bytes.extend_from_slice(b"eq\x01(");
+        for _ in 0..20000 {
+            bytes.extend_from_slice(b"h\x00h\x01\x85R0");
+        }
+        bytes.extend_from_slice(b"1N.");
+        let d = detail(run(&bytes));
+        assert!(d.contains("a pickle bomb"), "{d}");
+    }
+
+    #[test]
+    fn many_repeated_keys_cost_linear_time() {
+        // 200000 SETITEMs of 2000 distinct keys: quadratic with a scan per insert, instant with the index.
+        let mut bytes = b"\x80\x04}".to_vec();
+        for i in 0..200_000u32 {
+            bytes.push(b'J');
+            bytes.extend_from_slice(&(i % 2000).to_le_bytes());
+            bytes.extend_from_slice(b"Ns");
+        }
+        bytes.push(b'.');
+        let start = std::time::Instant::now();
+        let v = run(&bytes).unwrap();
+        let Value::Dict(d) = &v.root else {
+            panic!("not a dict")
+        };
+        assert_eq!(d.borrow().len(), 2000);
+        assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn marks_and_frames_are_respected() {
+        // POP_MARK removes what follows the mark; POP with an empty frame removes the mark (Python).
+        let v = run(b"\x80\x04K\x07(K\x01K\x021.").unwrap();
+        assert!(matches!(v.root, Value::Int(7)));
+        let v = run(b"\x80\x04K\x07(0.").unwrap();
+        assert!(matches!(v.root, Value::Int(7)));
+        // TUPLE2 may not reach below a mark.
+        assert!(detail(run(b"\x80\x04K\x01(K\x02\x86.")).contains("short stack"));
+        assert!(detail(run(b"\x80\x04(.")).contains("MARK"));
+    }
+
+    #[test]
+    fn rebuild_from_type_does_not_recurse() {
+        // _rebuild_from_type_v2(_rebuild_from_type_v2, Tensor, args, state) is refused, not interpreted.
+        let bytes = b"\x80\x04\x8c\rtorch._tensor\x8c\x15_rebuild_from_type_v2\x93q\x00(h\x00\x8c\x05torch\x8c\x06Tensor\x93)NtR.";
+        let d = detail(run(bytes));
+        assert!(d.contains("not a tensor rebuild"), "{d}");
     }
 }

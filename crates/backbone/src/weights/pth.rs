@@ -7,15 +7,20 @@
 //! Legacy: five pickles in a row (magic number `0x1950a86a20f9469cfc6c`, protocol version 1001, `sys_info`,
 //! the object with persistent ids `('storage', type, key, location, numel, view_metadata)`, the list of
 //! storage keys), then for each key a little-endian `u64` element count and the raw elements.
+//!
+//! Reading is bounded by the file: zip entries may not overlap (no entry is read twice through another
+//! name) and none may be larger than the file, every legacy storage must lie inside the file, and the
+//! tensors built may together hold at most a small multiple of the file's bytes (see [`super::bounds`]).
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::pickle::{self, PickleError, StorageKind, StorageRef, TensorRef, Value};
+use super::bounds::{self, Budget, OUTPUT_PER_FILE_BYTE, OUTPUT_SLACK};
+use super::pickle::{self, Input, PickleError, Pickled, StorageKind, StorageRef, TensorRef, Value};
 use super::{Checkpoint, Format, WeightsError, STATE_DICT_KEYS};
 
 /// The legacy magic number as the LONG1 bytes pickle writes (little-endian).
@@ -26,6 +31,13 @@ fn corrupt(path: &Path, format: Format, detail: impl Into<String>) -> WeightsErr
     WeightsError::Corrupt {
         path: path.to_path_buf(),
         format,
+        detail: detail.into(),
+    }
+}
+
+fn too_large(path: &Path, detail: impl Into<String>) -> WeightsError {
+    WeightsError::TooLarge {
+        path: path.to_path_buf(),
         detail: detail.into(),
     }
 }
@@ -41,11 +53,12 @@ fn pickle_error(path: &Path, format: Format, e: PickleError) -> WeightsError {
             path: path.to_path_buf(),
             detail,
         },
+        PickleError::TooLarge(detail) => too_large(path, detail),
     }
 }
 
 /// Storage keys seen in persistent ids, with their element type and element count.
-type StorageTable = HashMap<String, (StorageKind, usize)>;
+type StorageTable = HashMap<Rc<str>, (StorageKind, usize)>;
 
 fn record_storage(table: &mut StorageTable, pid: Value) -> Result<Value, PickleError> {
     let (storage, numel) = pickle::storage_from_pid(pid)?;
@@ -63,221 +76,366 @@ fn record_storage(table: &mut StorageTable, pid: Value) -> Result<Value, PickleE
     Ok(Value::Storage(storage))
 }
 
-/// Reads a PyTorch checkpoint in either format.
-pub(crate) fn read(
+/// The bytes a storage of `numel` elements of `kind` occupies, or an error when that overflows.
+fn storage_bytes(
+    path: &Path,
+    format: Format,
+    key: &str,
+    kind: StorageKind,
+    numel: usize,
+) -> Result<u64, WeightsError> {
+    (numel as u64)
+        .checked_mul(kind.element_size() as u64)
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                format,
+                format!("storage `{key}` declares an impossible {numel} elements"),
+            )
+        })
+}
+
+/// Reads a PyTorch checkpoint in either format from `reader`, which holds `len` bytes; `path` names the
+/// file in errors.
+pub(crate) fn read<R: Read + Seek>(
+    reader: R,
+    len: u64,
     path: &Path,
     format: Format,
     key: Option<&str>,
 ) -> Result<Checkpoint, WeightsError> {
-    let file = File::open(path).map_err(|e| WeightsError::io(path, e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| WeightsError::io(path, e))?
-        .len();
-    let mut reader = BufReader::new(file);
-    let mut storages = StorageTable::new();
+    let mut output = Budget::new(
+        len.saturating_mul(OUTPUT_PER_FILE_BYTE)
+            .saturating_add(OUTPUT_SLACK),
+    );
     match format {
-        Format::PthZip => {
-            let mut zip =
-                zip::ZipArchive::new(reader).map_err(|e| corrupt(path, format, e.to_string()))?;
-            let names: Vec<String> = zip
-                .file_names()
-                .map(|n| n.map(|n| n.into_owned()))
-                .collect::<Result<_, _>>()
-                .map_err(|e| corrupt(path, format, e.to_string()))?;
-            let pkl = names
-                .iter()
-                .find(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
-                .ok_or_else(|| {
-                    corrupt(
-                        path,
-                        format,
-                        "zip archive without a data.pkl (not a torch.save file)",
-                    )
-                })?;
-            let prefix = pkl
-                .strip_suffix("data.pkl")
-                .expect("checked suffix")
-                .to_string();
-            if let Ok(mut entry) = zip.by_name(&format!("{prefix}byteorder")) {
-                let mut order = String::new();
-                entry
-                    .read_to_string(&mut order)
-                    .map_err(|e| corrupt(path, format, e.to_string()))?;
-                if order.trim() != "little" {
-                    return Err(WeightsError::Unsupported {
-                        path: path.to_path_buf(),
-                        detail: format!(
-                            "byte order `{}` (only little-endian checkpoints)",
-                            order.trim()
-                        ),
-                    });
-                }
-            }
-            let mut pickled = Vec::new();
-            zip.by_name(pkl)
-                .and_then(|mut e| e.read_to_end(&mut pickled).map_err(Into::into))
-                .map_err(|e| corrupt(path, format, format!("reading {pkl}: {e}")))?;
-            let root = pickle::load(&mut pickled.as_slice(), &mut |pid| {
-                record_storage(&mut storages, pid)
-            })
-            .map_err(|e| pickle_error(path, format, e))?;
-            let (key, entries) = select_state_dict(path, root, key)?;
-            let mut data: HashMap<String, Vec<u8>> = HashMap::new();
-            let mut tensors = Vec::with_capacity(entries.len());
-            for (name, t) in entries {
-                if !data.contains_key(&t.storage.key) {
-                    let entry_name = format!("{prefix}data/{}", t.storage.key);
-                    let mut bytes = Vec::new();
-                    zip.by_name(&entry_name)
-                        .and_then(|mut e| e.read_to_end(&mut bytes).map_err(Into::into))
-                        .map_err(|e| corrupt(path, format, format!("reading {entry_name}: {e}")))?;
-                    data.insert(t.storage.key.clone(), bytes);
-                }
-                let tensor =
-                    materialize(path, format, &name, &t, &data[&t.storage.key], &storages)?;
-                tensors.push((name, tensor));
-            }
-            Ok(Checkpoint {
-                format,
-                key,
-                tensors,
-            })
-        }
-        Format::PthLegacy => {
-            let load = |r: &mut BufReader<File>, what: &str, storages: &mut StorageTable| {
-                pickle::load(r, &mut |pid| record_storage(storages, pid)).map_err(|e| match e {
-                    PickleError::Corrupt(d) => corrupt(path, format, format!("{what}: {d}")),
-                    other => pickle_error(path, format, other),
-                })
-            };
-            match load(&mut reader, "magic number", &mut storages)? {
-                Value::BigInt(b) if b == LEGACY_MAGIC => {}
-                _ => return Err(corrupt(path, format, "wrong magic number")),
-            }
-            match load(&mut reader, "protocol version", &mut storages)? {
-                Value::Int(LEGACY_PROTOCOL) => {}
-                Value::Int(v) => {
-                    return Err(WeightsError::Unsupported {
-                        path: path.to_path_buf(),
-                        detail: format!("legacy protocol version {v} (expected {LEGACY_PROTOCOL})"),
-                    })
-                }
-                other => {
-                    return Err(corrupt(
-                        path,
-                        format,
-                        format!("protocol version is a {}", other.kind()),
-                    ))
-                }
-            }
-            if let Value::Dict(info) = load(&mut reader, "sys_info", &mut storages)? {
-                let big_endian = info.borrow().iter().any(|(k, v)| {
-                    k.as_str() == Some("little_endian") && matches!(v, Value::Bool(false))
-                });
-                if big_endian {
-                    return Err(WeightsError::Unsupported {
-                        path: path.to_path_buf(),
-                        detail: "a checkpoint written on a big-endian machine".into(),
-                    });
-                }
-            }
-            let root = load(&mut reader, "object", &mut storages)?;
-            let keys = match load(&mut reader, "storage keys", &mut storages)? {
-                Value::List(l) => l
-                    .borrow()
-                    .iter()
-                    .map(|k| k.as_str().map(str::to_string))
-                    .collect::<Option<Vec<String>>>()
-                    .ok_or_else(|| corrupt(path, format, "storage key that is not a string"))?,
-                other => {
-                    return Err(corrupt(
-                        path,
-                        format,
-                        format!("storage keys are a {}", other.kind()),
-                    ))
-                }
-            };
-            let (key, entries) = select_state_dict(path, root, key)?;
-            let needed: std::collections::HashSet<&str> = entries
-                .iter()
-                .map(|(_, t)| t.storage.key.as_str())
-                .collect();
-            let mut data: HashMap<String, Vec<u8>> = HashMap::new();
-            for k in &keys {
-                let &(kind, declared) = storages.get(k).ok_or_else(|| {
-                    corrupt(
-                        path,
-                        format,
-                        format!("storage `{k}` listed but never referenced"),
-                    )
-                })?;
-                let mut count = [0u8; 8];
-                reader.read_exact(&mut count).map_err(|_| {
-                    corrupt(path, format, format!("file ends before storage `{k}`"))
-                })?;
-                let numel = u64::from_le_bytes(count);
-                if numel != declared as u64 {
-                    return Err(corrupt(
-                        path,
-                        format,
-                        format!("storage `{k}` holds {numel} elements, the pickle says {declared}"),
-                    ));
-                }
-                let nbytes = numel.saturating_mul(kind.element_size() as u64);
-                let pos = reader
-                    .stream_position()
-                    .map_err(|e| WeightsError::io(path, e))?;
-                if pos.saturating_add(nbytes) > file_len {
-                    return Err(corrupt(
-                        path,
-                        format,
-                        format!("file ends inside storage `{k}` ({nbytes} bytes from offset {pos}, file is {file_len})"),
-                    ));
-                }
-                if needed.contains(k.as_str()) {
-                    let mut bytes = vec![0u8; nbytes as usize];
-                    reader
-                        .read_exact(&mut bytes)
-                        .map_err(|e| WeightsError::io(path, e))?;
-                    data.insert(k.clone(), bytes);
-                } else {
-                    reader
-                        .seek(SeekFrom::Current(nbytes as i64))
-                        .map_err(|e| WeightsError::io(path, e))?;
-                }
-            }
-            let mut tensors = Vec::with_capacity(entries.len());
-            for (name, t) in entries {
-                let bytes = data.get(&t.storage.key).ok_or_else(|| {
-                    corrupt(path, format, format!("no data for the storage of `{name}`"))
-                })?;
-                let tensor = materialize(path, format, &name, &t, bytes, &storages)?;
-                tensors.push((name, tensor));
-            }
-            Ok(Checkpoint {
-                format,
-                key,
-                tensors,
-            })
-        }
+        Format::PthZip => read_zip(reader, len, path, key, &mut output),
+        Format::PthLegacy => read_legacy(reader, len, path, key, &mut output),
         Format::Safetensors => unreachable!("safetensors is read by the caller"),
     }
 }
 
-/// `Some(entries)` when `v` is a non-empty dict whose keys are strings and whose values are all tensors.
-fn tensor_dict(v: &Value) -> Option<Vec<(String, TensorRef)>> {
-    let Value::Dict(d) = v else { return None };
+/// The whole of one zip entry, refused before allocating when it claims more bytes than the file has.
+fn read_entry<R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+    len: u64,
+    path: &Path,
+) -> Result<Vec<u8>, WeightsError> {
+    let format = Format::PthZip;
+    let mut entry = zip
+        .by_name(name)
+        .map_err(|e| corrupt(path, format, format!("reading {name}: {e}")))?;
+    let size = entry.size();
+    if size > len || entry.compressed_size() > len {
+        return Err(corrupt(
+            path,
+            format,
+            format!("{name} claims {size} bytes, the file has {len}"),
+        ));
+    }
+    let mut bytes = bounds::try_with_capacity(size as usize).map_err(|e| {
+        too_large(
+            path,
+            format!("cannot allocate {size} bytes for {name}: {e}"),
+        )
+    })?;
+    // One byte more than declared reaches the end of the entry, where its CRC is checked.
+    (&mut entry)
+        .take(size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| corrupt(path, format, format!("reading {name}: {e}")))?;
+    if bytes.len() as u64 != size {
+        return Err(corrupt(
+            path,
+            format,
+            format!("{name} holds {} bytes, its header says {size}", bytes.len()),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn read_zip<R: Read + Seek>(
+    reader: R,
+    len: u64,
+    path: &Path,
+    key: Option<&str>,
+    output: &mut Budget,
+) -> Result<Checkpoint, WeightsError> {
+    let format = Format::PthZip;
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| corrupt(path, format, e.to_string()))?;
+    // Entries sharing bytes let a small file name the same data many times (a zip bomb); torch.save
+    // never writes them.
+    if zip
+        .has_overlapping_entries()
+        .map_err(|e| corrupt(path, format, e.to_string()))?
+    {
+        return Err(corrupt(
+            path,
+            format,
+            "zip entries overlap each other or the central directory (torch.save never writes that)",
+        ));
+    }
+    let names: Vec<String> = zip
+        .file_names()
+        .map(|n| n.map(|n| n.into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| corrupt(path, format, e.to_string()))?;
+    let pkl = names
+        .iter()
+        .find(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                format,
+                "zip archive without a data.pkl (not a torch.save file)",
+            )
+        })?;
+    let prefix = pkl
+        .strip_suffix("data.pkl")
+        .expect("checked suffix")
+        .to_string();
+    let byteorder = format!("{prefix}byteorder");
+    if names.contains(&byteorder) {
+        let order = read_entry(&mut zip, &byteorder, len.min(64), path)?;
+        let order = String::from_utf8_lossy(&order);
+        if order.trim() != "little" {
+            return Err(WeightsError::Unsupported {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "byte order `{}` (only little-endian checkpoints)",
+                    order.trim()
+                ),
+            });
+        }
+    }
+    let pickled = read_entry(&mut zip, pkl, len, path)?;
+    let mut storages = StorageTable::new();
+    let mut input = Input::new(pickled.as_slice(), pickled.len() as u64);
+    let root = pickle::load(&mut input, &mut |pid| record_storage(&mut storages, pid))
+        .map_err(|e| pickle_error(path, format, e))?;
+    let (key, entries) = select_state_dict(path, &root.root, key)?;
+    drop(root);
+    let mut data: HashMap<Rc<str>, Vec<u8>> = HashMap::new();
+    let mut tensors = Vec::with_capacity(entries.len());
+    for (name, t) in entries {
+        if !data.contains_key(&t.storage.key) {
+            let k = &t.storage.key;
+            let (kind, numel) = storages[k];
+            let needed = storage_bytes(path, format, k, kind, numel)?;
+            let entry_name = format!("{prefix}data/{k}");
+            let size = zip
+                .by_name(&entry_name)
+                .map(|e| e.size())
+                .map_err(|e| corrupt(path, format, format!("reading {entry_name}: {e}")))?;
+            if size < needed {
+                return Err(corrupt(
+                    path,
+                    format,
+                    format!("storage `{k}` needs {needed} bytes, {entry_name} holds {size}"),
+                ));
+            }
+            let bytes = read_entry(&mut zip, &entry_name, len, path)?;
+            data.insert(k.clone(), bytes);
+        }
+        let tensor = materialize(
+            path,
+            format,
+            &name,
+            &t,
+            &data[&t.storage.key],
+            &storages,
+            output,
+        )?;
+        tensors.push((name, tensor));
+    }
+    Ok(Checkpoint {
+        format,
+        key,
+        tensors,
+    })
+}
+
+fn read_legacy<R: Read + Seek>(
+    mut reader: R,
+    len: u64,
+    path: &Path,
+    key: Option<&str>,
+    output: &mut Budget,
+) -> Result<Checkpoint, WeightsError> {
+    let format = Format::PthLegacy;
+    let mut storages = StorageTable::new();
+    let load = |r: &mut R,
+                what: &str,
+                storages: &mut StorageTable|
+     -> Result<Pickled, WeightsError> {
+        let pos = r.stream_position().map_err(|e| WeightsError::io(path, e))?;
+        let mut input = Input::new(&mut *r, len.saturating_sub(pos));
+        pickle::load(&mut input, &mut |pid| record_storage(storages, pid)).map_err(|e| match e {
+            PickleError::Corrupt(d) => corrupt(path, format, format!("{what}: {d}")),
+            other => pickle_error(path, format, other),
+        })
+    };
+    match &load(&mut reader, "magic number", &mut storages)?.root {
+        Value::BigInt(b) if **b == LEGACY_MAGIC => {}
+        _ => return Err(corrupt(path, format, "wrong magic number")),
+    }
+    match &load(&mut reader, "protocol version", &mut storages)?.root {
+        Value::Int(LEGACY_PROTOCOL) => {}
+        Value::Int(v) => {
+            return Err(WeightsError::Unsupported {
+                path: path.to_path_buf(),
+                detail: format!("legacy protocol version {v} (expected {LEGACY_PROTOCOL})"),
+            })
+        }
+        other => {
+            return Err(corrupt(
+                path,
+                format,
+                format!("protocol version is a {}", other.kind()),
+            ))
+        }
+    }
+    if let Value::Dict(info) = &load(&mut reader, "sys_info", &mut storages)?.root {
+        let big_endian = info
+            .borrow()
+            .pairs()
+            .any(|(k, v)| k.as_str() == Some("little_endian") && matches!(v, Value::Bool(false)));
+        if big_endian {
+            return Err(WeightsError::Unsupported {
+                path: path.to_path_buf(),
+                detail: "a checkpoint written on a big-endian machine".into(),
+            });
+        }
+    }
+    let root = load(&mut reader, "object", &mut storages)?;
+    let keys: Vec<Rc<str>> = match &load(&mut reader, "storage keys", &mut storages)?.root {
+        Value::List(l) => l
+            .borrow()
+            .iter()
+            .map(|k| match k {
+                Value::Str(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect::<Option<Vec<Rc<str>>>>()
+            .ok_or_else(|| corrupt(path, format, "storage key that is not a string"))?,
+        other => {
+            return Err(corrupt(
+                path,
+                format,
+                format!("storage keys are a {}", other.kind()),
+            ))
+        }
+    };
+    let (key, entries) = select_state_dict(path, &root.root, key)?;
+    drop(root);
+    let needed: HashSet<&str> = entries.iter().map(|(_, t)| &*t.storage.key).collect();
+    let mut data: HashMap<Rc<str>, Vec<u8>> = HashMap::new();
+    for k in &keys {
+        let &(kind, declared) = storages.get(k).ok_or_else(|| {
+            corrupt(
+                path,
+                format,
+                format!("storage `{k}` listed but never referenced"),
+            )
+        })?;
+        let mut count = [0u8; 8];
+        reader
+            .read_exact(&mut count)
+            .map_err(|_| corrupt(path, format, format!("file ends before storage `{k}`")))?;
+        let numel = u64::from_le_bytes(count);
+        if numel != declared as u64 {
+            return Err(corrupt(
+                path,
+                format,
+                format!("storage `{k}` holds {numel} elements, the pickle says {declared}"),
+            ));
+        }
+        let nbytes = storage_bytes(path, format, k, kind, declared)?;
+        let pos = reader
+            .stream_position()
+            .map_err(|e| WeightsError::io(path, e))?;
+        if pos.saturating_add(nbytes) > len {
+            return Err(corrupt(
+                path,
+                format,
+                format!("file ends inside storage `{k}` ({nbytes} bytes from offset {pos}, file is {len})"),
+            ));
+        }
+        if needed.contains(&**k) && !data.contains_key(k) {
+            let mut bytes = bounds::try_with_capacity(nbytes as usize).map_err(|e| {
+                too_large(
+                    path,
+                    format!("cannot allocate {nbytes} bytes for storage `{k}`: {e}"),
+                )
+            })?;
+            (&mut reader)
+                .take(nbytes)
+                .read_to_end(&mut bytes)
+                .map_err(|e| WeightsError::io(path, e))?;
+            if bytes.len() as u64 != nbytes {
+                return Err(corrupt(
+                    path,
+                    format,
+                    format!("file ends inside storage `{k}`"),
+                ));
+            }
+            data.insert(k.clone(), bytes);
+        } else {
+            reader
+                .seek(SeekFrom::Current(nbytes as i64))
+                .map_err(|e| WeightsError::io(path, e))?;
+        }
+    }
+    let mut tensors = Vec::with_capacity(entries.len());
+    for (name, t) in entries {
+        let bytes = data
+            .get(&t.storage.key)
+            .ok_or_else(|| corrupt(path, format, format!("no data for the storage of `{name}`")))?;
+        let tensor = materialize(path, format, &name, &t, bytes, &storages, output)?;
+        tensors.push((name, tensor));
+    }
+    Ok(Checkpoint {
+        format,
+        key,
+        tensors,
+    })
+}
+
+/// A state dict's entries: names and the tensors the pickle describes.
+type Entries = Vec<(String, Rc<TensorRef>)>;
+
+/// Whether `v` is a non-empty dict whose keys are strings and whose values are all tensors.
+fn is_tensor_dict(v: &Value) -> bool {
+    let Value::Dict(d) = v else { return false };
     let d = d.borrow();
-    if d.is_empty() {
+    !d.is_empty()
+        && d.pairs()
+            .all(|(k, v)| matches!((k, v), (Value::Str(_), Value::Tensor(_))))
+}
+
+/// `Some(entries)` when `v` is a tensor dict (see [`is_tensor_dict`]).
+fn tensor_dict(v: &Value) -> Option<Entries> {
+    if !is_tensor_dict(v) {
         return None;
     }
-    d.iter()
+    let Value::Dict(d) = v else { return None };
+    let d = d.borrow();
+    d.pairs()
         .map(|(k, v)| match (k, v) {
-            (Value::Str(k), Value::Tensor(t)) => Some((k.clone(), t.clone())),
+            (Value::Str(k), Value::Tensor(t)) => Some((k.to_string(), t.clone())),
             _ => None,
         })
         .collect()
+}
+
+/// At most `max` characters of `s`, with an ellipsis when it was cut.
+fn clip(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if out.len() < s.len() {
+        out.push_str("...");
+    }
+    out
 }
 
 /// A one-line summary of a value for error messages.
@@ -286,7 +444,7 @@ fn describe(v: &Value) -> String {
         Value::Dict(d) => {
             let d = d.borrow();
             let tensors = d
-                .iter()
+                .pairs()
                 .filter(|(_, v)| matches!(v, Value::Tensor(_)))
                 .count();
             format!("dict of {} entries, {tensors} tensors", d.len())
@@ -301,14 +459,14 @@ fn describe(v: &Value) -> String {
     }
 }
 
-fn top_level_keys(d: &[(Value, Value)]) -> String {
+fn top_level_keys(d: &pickle::Dict) -> String {
     let keys: Vec<String> = d
-        .iter()
+        .pairs()
         .take(12)
         .map(|(k, v)| {
             format!(
                 "`{}` ({})",
-                k.as_str().unwrap_or("<non-string>"),
+                clip(k.as_str().unwrap_or("<non-string>"), 60),
                 describe(v)
             )
         })
@@ -322,73 +480,86 @@ fn top_level_keys(d: &[(Value, Value)]) -> String {
 }
 
 /// Finds the state dict: under `key` when given, else the root itself or the one nested dict of tensors.
-type Entries = Vec<(String, TensorRef)>;
-
 fn select_state_dict(
     path: &Path,
-    root: Value,
+    root: &Value,
     key: Option<&str>,
 ) -> Result<(Option<String>, Entries), WeightsError> {
     let no_state_dict = |detail: String| WeightsError::NoStateDict {
         path: path.to_path_buf(),
         detail,
     };
-    let Value::Dict(d) = &root else {
+    let Value::Dict(d) = root else {
         return Err(no_state_dict(format!(
             "the checkpoint holds a {}, not a dict",
-            describe(&root)
+            describe(root)
         )));
     };
     let items = d.borrow();
     if let Some(key) = key {
-        let Some((_, v)) = items.iter().find(|(k, _)| k.as_str() == Some(key)) else {
+        let Some(v) = items.get_str(key) else {
             return Err(no_state_dict(format!(
-                "no key `{key}`; the top level has {}",
+                "no key `{}`; the top level has {}",
+                clip(key, 60),
                 top_level_keys(&items)
             )));
         };
         return match tensor_dict(v) {
             Some(entries) => Ok((Some(key.to_string()), entries)),
             None => Err(no_state_dict(format!(
-                "`{key}` holds a {}, not a dict of tensors",
+                "`{}` holds a {}, not a dict of tensors",
+                clip(key, 60),
                 describe(v)
             ))),
         };
     }
-    if let Some(entries) = tensor_dict(&root) {
+    if let Some(entries) = tensor_dict(root) {
         return Ok((None, entries));
     }
-    let candidates: Vec<(String, Entries)> = items
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str()?.to_string(), tensor_dict(v)?)))
+    // Each distinct dict is checked once, however many keys the memo makes point at it.
+    let mut checked: HashMap<*const (), bool> = HashMap::new();
+    let candidates: Vec<(&str, &Value)> = items
+        .pairs()
+        .filter_map(|(k, v)| {
+            let Value::Dict(inner) = v else { return None };
+            let is = *checked
+                .entry(Rc::as_ptr(inner) as *const ())
+                .or_insert_with(|| is_tensor_dict(v));
+            Some((k.as_str()?, v)).filter(|_| is)
+        })
         .collect();
-    match candidates.len() {
-        0 => Err(no_state_dict(format!(
-            "neither the top level nor any entry is a dict of tensors; the top level has {}",
-            top_level_keys(&items)
-        ))),
-        1 => {
-            let (k, entries) = candidates.into_iter().next().expect("one candidate");
-            Ok((Some(k), entries))
+    let chosen = match candidates.len() {
+        0 => {
+            return Err(no_state_dict(format!(
+                "neither the top level nor any entry is a dict of tensors; the top level has {}",
+                top_level_keys(&items)
+            )))
         }
+        1 => candidates[0],
         _ => {
-            let names: Vec<&str> = candidates.iter().map(|(k, _)| k.as_str()).collect();
-            let Some(preferred) = STATE_DICT_KEYS.iter().find(|k| names.contains(k)) else {
+            let Some(preferred) = STATE_DICT_KEYS
+                .iter()
+                .find_map(|k| candidates.iter().find(|(name, _)| name == k))
+            else {
+                let names: Vec<String> = candidates
+                    .iter()
+                    .take(12)
+                    .map(|(k, _)| clip(k, 60))
+                    .collect();
+                let more = if candidates.len() > 12 { ", ..." } else { "" };
                 return Err(no_state_dict(format!(
-                    "several entries are dicts of tensors ({}); name the one to load",
+                    "several entries are dicts of tensors ({}{more}); name the one to load",
                     names.join(", ")
                 )));
             };
-            let (k, entries) = candidates
-                .into_iter()
-                .find(|(k, _)| k == preferred)
-                .expect("present");
-            Ok((Some(k), entries))
+            *preferred
         }
-    }
+    };
+    let entries = tensor_dict(chosen.1).expect("checked to be a tensor dict");
+    Ok((Some(chosen.0.to_string()), entries))
 }
 
-/// Copies a (possibly strided) tensor out of its storage's bytes.
+/// Copies a (possibly strided) tensor out of its storage's bytes, charging its size to `output`.
 fn materialize(
     path: &Path,
     format: Format,
@@ -396,6 +567,7 @@ fn materialize(
     t: &TensorRef,
     bytes: &[u8],
     storages: &StorageTable,
+    output: &mut Budget,
 ) -> Result<Tensor, WeightsError> {
     let (kind, numel) = storages[&t.storage.key];
     let esize = kind.element_size();
@@ -421,12 +593,20 @@ fn materialize(
         corrupt(
             path,
             format,
-            format!("`{name}` has an impossible size {shape:?}"),
+            format!(
+                "`{name}` has an impossible size {:?}",
+                &shape[..shape.len().min(16)]
+            ),
         )
     };
     let count = shape
         .iter()
         .try_fold(1usize, |a, &s| a.checked_mul(s))
+        .ok_or_else(too_big)?;
+    // Strides of the contiguous layout multiply every dim but zeros: they must fit as well.
+    shape
+        .iter()
+        .try_fold(1usize, |a, &s| a.checked_mul(s.max(1)))
         .ok_or_else(too_big)?;
     if count == 0 {
         return Tensor::zeros(shape, dtype, &Device::Cpu)
@@ -454,6 +634,16 @@ fn materialize(
             detail: format!("`{name}` views {count} elements of a storage of {numel} (a broadcast or overlapping tensor)"),
         });
     }
+    let out_bytes = count * esize;
+    if !output.take(out_bytes as u64) {
+        return Err(too_large(
+            path,
+            format!(
+                "`{name}` would bring the tensors read past {OUTPUT_PER_FILE_BYTE} times the file's size: \
+                 its tensors view the same storages over and over"
+            ),
+        ));
+    }
     let base = view_offset + t.offset;
     let mut contiguous = true;
     let mut expected = 1;
@@ -463,29 +653,41 @@ fn materialize(
         }
         expected *= s;
     }
-    let out: Vec<u8> = if contiguous {
-        bytes[base * esize..(base + count) * esize].to_vec()
+    let mut out = bounds::try_with_capacity(out_bytes).map_err(|e| {
+        too_large(
+            path,
+            format!("cannot allocate {out_bytes} bytes for `{name}`: {e}"),
+        )
+    })?;
+    if contiguous {
+        out.extend_from_slice(&bytes[base * esize..(base + count) * esize]);
     } else {
-        let mut out = Vec::with_capacity(count * esize);
-        let mut index = vec![0usize; shape.len()];
+        // Dims of size 1 never move the index: without them the rank is at most log2(count), so a
+        // shape padded with a million ones costs nothing per element.
+        let dims: Vec<(usize, usize)> = shape
+            .iter()
+            .zip(&t.stride)
+            .filter(|(s, _)| **s != 1)
+            .map(|(s, st)| (*s, *st))
+            .collect();
+        let mut index = vec![0usize; dims.len()];
         for _ in 0..count {
             let at = base
                 + index
                     .iter()
-                    .zip(&t.stride)
-                    .map(|(i, st)| i * st)
+                    .zip(&dims)
+                    .map(|(i, (_, st))| i * st)
                     .sum::<usize>();
             out.extend_from_slice(&bytes[at * esize..(at + 1) * esize]);
             for d in (0..index.len()).rev() {
                 index[d] += 1;
-                if index[d] < shape[d] {
+                if index[d] < dims[d].0 {
                     break;
                 }
                 index[d] = 0;
             }
         }
-        out
-    };
+    }
     Tensor::from_raw_buffer(&out, dtype, shape, &Device::Cpu)
         .map_err(|e| WeightsError::candle(path, e))
 }
