@@ -38,6 +38,12 @@ const MX_OBJECT: u8 = 3;
 const MX_CHAR: u8 = 4;
 const MX_SPARSE: u8 = 5;
 
+/// Cells and structs nest at most this deep (dataset annotations nest two or three levels); deeper is
+/// refused rather than recursed into.
+const MAX_DEPTH: usize = 64;
+/// A compressed variable may inflate to at most this many bytes (Stanford Cars' largest is a few MB).
+const MAX_INFLATED: u64 = 256 << 20;
+
 const FLAG_COMPLEX: u32 = 0x0800;
 const FLAG_LOGICAL: u32 = 0x0200;
 
@@ -357,8 +363,15 @@ pub fn parse_mat(bytes: &[u8], path: &Path) -> Result<MatFile> {
             MI_COMPRESSED => {
                 let mut inflated = Vec::new();
                 flate2::read::ZlibDecoder::new(data)
+                    .take(MAX_INFLATED + 1)
                     .read_to_end(&mut inflated)
                     .map_err(|e| err(format!("corrupt compressed variable: {e}")))?;
+                if inflated.len() as u64 > MAX_INFLATED {
+                    return Err(err(format!(
+                        "a compressed variable inflates to more than {} MiB",
+                        MAX_INFLATED >> 20
+                    )));
+                }
                 let inner = Reader {
                     buf: &inflated,
                     big_endian,
@@ -371,9 +384,9 @@ pub fn parse_mat(bytes: &[u8], path: &Path) -> Result<MatFile> {
                         el.ty
                     )));
                 }
-                vars.push(inner.matrix(el.data)?);
+                vars.push(inner.matrix(el.data, 0)?);
             }
-            MI_MATRIX => vars.push(r.matrix(data)?),
+            MI_MATRIX => vars.push(r.matrix(data, 0)?),
             _ => {} // other top-level elements carry no variable
         }
     }
@@ -506,10 +519,16 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Parse the content of a `miMATRIX` element into `(name, value)`.
-    fn matrix(&self, data: &[u8]) -> Result<(String, MatValue)> {
+    /// Parse the content of a `miMATRIX` element into `(name, value)`; `depth` counts the cells and
+    /// structs it is nested in.
+    fn matrix(&self, data: &[u8], depth: usize) -> Result<(String, MatValue)> {
         if data.is_empty() {
             return Ok((String::new(), MatValue::Empty));
+        }
+        if depth > MAX_DEPTH {
+            return Err(self.err(format!(
+                "cells or structs nested more than {MAX_DEPTH} deep"
+            )));
         }
         let flags_el = self.element_in(data, 0)?;
         if flags_el.ty != MI_UINT32 || flags_el.data.len() < 8 {
@@ -523,7 +542,12 @@ impl<'a> Reader<'a> {
             .into_iter()
             .map(|d| d as usize)
             .collect();
-        let numel: usize = dims.iter().product();
+        let numel = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| self.err(format!("array dimensions {dims:?} overflow")))?;
+        // Every element of a cell or struct takes at least an 8-byte tag: no more can follow than that.
+        let room = data.len() / 8;
         let name_el = self.element_in(data, dims_el.next)?;
         let name = String::from_utf8_lossy(name_el.data)
             .trim_end_matches('\0')
@@ -531,11 +555,11 @@ impl<'a> Reader<'a> {
         let mut pos = name_el.next;
         let value = match class {
             MX_CELL => {
-                let mut items = Vec::with_capacity(numel);
+                let mut items = Vec::with_capacity(numel.min(room));
                 for _ in 0..numel {
                     let el = self.element_in(data, pos)?;
                     pos = el.next;
-                    items.push(self.matrix(el.data)?.1);
+                    items.push(self.matrix(el.data, depth + 1)?.1);
                 }
                 MatValue::Cell(CellArray { dims, items })
             }
@@ -560,11 +584,17 @@ impl<'a> Reader<'a> {
                         })
                         .collect()
                 };
-                let mut values = Vec::with_capacity(numel * fields.len());
-                for _ in 0..numel * fields.len() {
+                let count = numel.checked_mul(fields.len()).ok_or_else(|| {
+                    self.err(format!(
+                        "struct of dimensions {dims:?} with {} fields overflows",
+                        fields.len()
+                    ))
+                })?;
+                let mut values = Vec::with_capacity(count.min(room));
+                for _ in 0..count {
                     let el = self.element_in(data, pos)?;
                     pos = el.next;
-                    values.push(self.matrix(el.data)?.1);
+                    values.push(self.matrix(el.data, depth + 1)?.1);
                 }
                 MatValue::Struct(StructArray {
                     dims,
@@ -974,5 +1004,51 @@ mod tests {
         )
         .unwrap();
         assert!(parse_mat(&zbytes[..zbytes.len() - 5], p).is_err());
+    }
+
+    /// The error `vars` written as a file and parsed back give.
+    fn parse_error(vars: &[(&str, MatValue)]) -> String {
+        let bytes = mat_bytes(vars, WriteOptions::default()).unwrap();
+        parse_mat(&bytes, Path::new("hostile.mat"))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    fn cell(dims: &[usize], items: Vec<MatValue>) -> MatValue {
+        MatValue::Cell(CellArray {
+            dims: dims.to_vec(),
+            items,
+        })
+    }
+
+    #[test]
+    fn dimensions_whose_product_overflows_are_an_error() {
+        // Found by the mat5 fuzz target: `dims.iter().product()` overflowed (a panic in debug builds).
+        let e = parse_error(&[("c", cell(&[65536, 65536, 65536, 65536], vec![]))]);
+        assert!(
+            e.contains("hostile.mat")
+                && e.contains("array dimensions [65536, 65536, 65536, 65536] overflow"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_declared_cell_allocates_only_what_the_file_can_hold() {
+        // 2^30 cells declared, none present: once a 48 GiB allocation up front, now a truncation error.
+        let start = std::time::Instant::now();
+        let e = parse_error(&[("c", cell(&[1 << 30, 1], vec![]))]);
+        assert!(e.contains("hostile.mat") && e.contains("truncated"), "{e}");
+        assert!(start.elapsed().as_secs() < 2);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_an_error() {
+        let nested = |depth: usize| {
+            (0..depth).fold(MatValue::row(&[1.0]), |inner, _| cell(&[1, 1], vec![inner]))
+        };
+        let bytes = mat_bytes(&[("ok", nested(MAX_DEPTH))], WriteOptions::default()).unwrap();
+        assert!(parse_mat(&bytes, Path::new("ok.mat")).is_ok());
+        let e = parse_error(&[("deep", nested(MAX_DEPTH + 2))]);
+        assert!(e.contains("nested more than 64 deep"), "{e}");
     }
 }
