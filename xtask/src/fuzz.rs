@@ -230,8 +230,15 @@ fn run_target(
         .with_context(|| format!("running cargo fuzz run {target}"))?;
     let elapsed = start.elapsed().as_secs_f64();
     let log = String::from_utf8_lossy(&output.stderr);
-    let tail: Vec<&str> = log.lines().rev().take(25).collect();
-    for line in tail.iter().rev() {
+    // The finding itself (a panic, a sanitizer or libFuzzer error) when there is one, else the stats.
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines
+        .iter()
+        .position(|l| {
+            l.contains("panicked at") || l.contains("==ERROR") || l.contains("ERROR: libFuzzer")
+        })
+        .unwrap_or(lines.len().saturating_sub(12));
+    for line in lines.iter().skip(from).take(40) {
         eprintln!("  {line}");
     }
     let executions = number_after(&log, "stat::number_of_executed_units:")
