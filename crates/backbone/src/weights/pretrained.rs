@@ -147,7 +147,7 @@ impl fmt::Display for Misfit {
 const MAX_PREFIX_PARTS: usize = 4;
 
 /// The prefix the file's names carry and the model's do not: the dotted prefix `P` (at most
-/// [`MAX_PREFIX_PARTS`] components) under which the most model names `n` appear in the file as `P + n`,
+/// four components) under which the most model names `n` appear in the file as `P + n`,
 /// when that is more than the names match as they are. `module.` (DataParallel), `backbone.`, `model.`,
 /// `encoder.` and nested ones such as `module.backbone.` are all found this way. Ties go to the shorter,
 /// then the alphabetically first prefix.
