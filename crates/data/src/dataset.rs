@@ -228,13 +228,15 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return decode_jpeg(bytes, path);
     }
-    let (width, height) = image_limit::read_dimensions(Cursor::new(bytes), path)?;
-    image_limit::check_pixels(path, width, height)?;
+    // One reader: its decoder reports the header's size, which is checked before any pixel is decoded.
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
     reader.limits(image_limit::decoder_limits());
-    let img = reader.decode().map_err(decode_err)?;
+    let decoder = reader.into_decoder().map_err(decode_err)?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    image_limit::check_pixels(path, width, height)?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     Ok(img.into_rgb8())
 }
 
@@ -248,13 +250,8 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let mut decoder =
         zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), image_limit::jpeg_options());
     // The header first: its claimed size is checked before the pixels are allocated.
-    decoder
-        .decode_headers()
-        .map_err(|e| err(format!("{e:?}")))?;
-    let (w, h) = decoder
-        .dimensions()
-        .ok_or_else(|| err("no image dimensions".into()))?;
-    image_limit::check_pixels(path, w as u32, h as u32)?;
+    let (w, h) = image_limit::jpeg_dimensions(&mut decoder, path)?;
+    image_limit::check_pixels(path, w, h)?;
     let pixels = decoder.decode().map_err(|e| err(format!("{e:?}")))?;
     let colorspace = decoder.output_colorspace().unwrap_or(ColorSpace::RGB);
     if colorspace != ColorSpace::RGB {
@@ -262,7 +259,7 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
             "decoder produced {colorspace:?} instead of RGB"
         )));
     }
-    RgbImage::from_raw(w as u32, h as u32, pixels).ok_or_else(|| {
+    RgbImage::from_raw(w, h, pixels).ok_or_else(|| {
         err(format!(
             "decoder returned the wrong number of bytes for {w}x{h}"
         ))

@@ -53,45 +53,55 @@ pub(crate) fn check_pixels(path: &Path, width: u32, height: u32) -> Result<()> {
     Ok(())
 }
 
-/// The allocation limits a decoder gets for an image within the pixel limit: room for its pixels at 8 bytes
-/// each (16-bit RGBA, the widest the decoders produce) plus 64 MiB of metadata, and no side longer than the
-/// limit.
+/// The allocation limit a decoder gets for an image within the pixel limit: room for its pixels at 8 bytes
+/// each (16-bit RGBA, the widest the decoders produce) plus 64 MiB of metadata. Its sides need no limit of
+/// their own: [`check_pixels`] bounds their product.
 pub(crate) fn decoder_limits() -> image::Limits {
-    let pixels = max_image_pixels();
     let mut limits = image::Limits::default();
-    let side = u32::try_from(pixels).unwrap_or(u32::MAX);
-    limits.max_image_width = Some(side);
-    limits.max_image_height = Some(side);
-    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    limits.max_alloc = Some(
+        max_image_pixels()
+            .saturating_mul(8)
+            .saturating_add(64 << 20),
+    );
     limits
+}
+
+/// Reads a JPEG's header through `decoder` and returns the `(width, height)` it claims; no pixel is decoded.
+pub(crate) fn jpeg_dimensions<T: zune_core::bytestream::ZByteReaderTrait>(
+    decoder: &mut zune_jpeg::JpegDecoder<T>,
+    path: &Path,
+) -> Result<(u32, u32)> {
+    let err = |message: String| DataError::Decode {
+        path: path.to_path_buf(),
+        source: jpeg_error(message),
+    };
+    decoder
+        .decode_headers()
+        .map_err(|e| err(format!("{e:?}")))?;
+    let (w, h) = decoder
+        .dimensions()
+        .ok_or_else(|| err("no image dimensions".into()))?;
+    Ok((w as u32, h as u32))
 }
 
 /// The `(width, height)` an image claims in its header, read without decoding any pixel (JPEG through
 /// zune-jpeg's header parser, PNG through the `image` crate's). `path` is only used in errors.
 pub(crate) fn read_dimensions<R: BufRead + Seek>(mut reader: R, path: &Path) -> Result<(u32, u32)> {
-    let decode_err = |source| DataError::Decode {
-        path: path.to_path_buf(),
-        source,
-    };
     let magic = reader.fill_buf().map_err(|e| DataError::io(path, e))?;
     if magic.starts_with(&[0xFF, 0xD8, 0xFF]) {
         let mut decoder = zune_jpeg::JpegDecoder::new_with_options(reader, jpeg_options());
-        decoder
-            .decode_headers()
-            .map_err(|e| decode_err(jpeg_error(format!("{e:?}"))))?;
-        let (w, h) = decoder
-            .dimensions()
-            .ok_or_else(|| decode_err(jpeg_error("no image dimensions".into())))?;
-        return Ok((w as u32, h as u32));
+        return jpeg_dimensions(&mut decoder, path);
     }
     let mut reader = image::ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
-    // Only the header is parsed here; the allocation cap guards against a decoder that reads ahead.
-    let mut limits = image::Limits::default();
-    limits.max_alloc = decoder_limits().max_alloc;
-    reader.limits(limits);
-    reader.into_dimensions().map_err(decode_err)
+    reader.limits(decoder_limits());
+    reader
+        .into_dimensions()
+        .map_err(|source| DataError::Decode {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The dimensions that the image file at `path` claims in its header, checked against the pixel limit: what
