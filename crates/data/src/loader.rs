@@ -5,10 +5,9 @@
 //! own generator keyed by `(seed, epoch, index)` (see [`sample_rng`]), so a run gives the same batches whatever
 //! the number of threads and however the work is scheduled.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
@@ -166,8 +165,6 @@ struct Shared {
     device: Device,
     pool: rayon::ThreadPool,
     skipped_total: AtomicUsize,
-    /// The skip counter of the latest pass over each epoch.
-    skipped_by_epoch: Mutex<HashMap<u64, Arc<AtomicUsize>>>,
 }
 
 impl Shared {
@@ -343,7 +340,6 @@ impl Loader {
                 device: device.clone(),
                 pool,
                 skipped_total: AtomicUsize::new(0),
-                skipped_by_epoch: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -402,19 +398,6 @@ impl Loader {
         self.shared.skipped_total.load(Ordering::Relaxed)
     }
 
-    /// Samples skipped as bad (with `skip_bad`) in the latest pass over epoch `epoch` (so far, while it runs;
-    /// 0 for an epoch not started).
-    pub fn skipped_in_epoch(&self, epoch: u64) -> usize {
-        let counters = self
-            .shared
-            .skipped_by_epoch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        counters
-            .get(&epoch)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
     /// The batches of epoch `epoch`, prepared in the background. After an error (when `skip_bad` is off) the
     /// iterator ends. Dropping the iterator early stops the background work.
     pub fn epoch(&self, epoch: u64) -> Epoch {
@@ -423,11 +406,6 @@ impl Loader {
         let order = self.order(epoch);
         let skipped = Arc::new(AtomicUsize::new(0));
         let skipped_in = Arc::clone(&skipped);
-        self.shared
-            .skipped_by_epoch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(epoch, Arc::clone(&skipped));
         let handle = std::thread::Builder::new()
             .name("fgvc-data-producer".into())
             .spawn(move || produce(&shared, epoch, &order, &tx, &skipped_in))

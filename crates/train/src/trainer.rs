@@ -256,8 +256,8 @@ impl Trainer {
         while self.state.epoch < epochs && !self.state.finished {
             let epoch = self.state.epoch;
             let batches = ipe - self.state.batch_in_epoch;
-            let trained = self.train_epoch(epoch, &bars)?;
-            self.end_epoch(epoch, &trained, batches, &bars)?;
+            let (trained, skipped) = self.train_epoch(epoch, &bars)?;
+            self.end_epoch(epoch, &trained, batches, skipped, &bars)?;
         }
         bars.finish();
         let test = if self.config.train.final_test {
@@ -278,8 +278,9 @@ impl Trainer {
 
     /// Trains the batches of `epoch` that are left (a resumed run skips those it trained before it stopped),
     /// appends a `train` record every `train.log_every_steps` steps and at the last batch, and saves the last
-    /// checkpoint every `train.checkpoint_every_steps` steps. Returns the statistics of the batches trained.
-    fn train_epoch(&mut self, epoch: usize, bars: &Bars) -> Result<IntervalStats> {
+    /// checkpoint every `train.checkpoint_every_steps` steps. Returns the statistics of the batches trained and
+    /// the files the loader skipped as bad in this pass.
+    fn train_epoch(&mut self, epoch: usize, bars: &Bars) -> Result<(IntervalStats, usize)> {
         let ipe = self.train.num_batches();
         let every_ckpt = self.config.train.checkpoint_every_steps;
         let log_every = self.config.train.log_every_steps.max(1);
@@ -289,7 +290,8 @@ impl Trainer {
         let mut last_ckpt_step = self.state.step;
         let mut interval = IntervalStats::start();
         let mut trained = IntervalStats::start();
-        for (b, batch) in self.train.epoch(epoch as u64).enumerate() {
+        let mut batches = self.train.epoch(epoch as u64);
+        for (b, batch) in batches.by_ref().enumerate() {
             if b < skip {
                 continue;
             }
@@ -317,7 +319,7 @@ impl Trainer {
                 });
             }
         }
-        Ok(trained)
+        Ok((trained, batches.skipped()))
     }
 
     /// One training step on batch `b` of `epoch`, at the scheduled learning rate; the optimiser steps when
@@ -366,13 +368,14 @@ impl Trainer {
 
     /// Ends `epoch`, which had `batches` batches left to train and trained them with the statistics
     /// `trained`: appends its `epoch` record (the mean loss is over `batches`, even when a loader that skips
-    /// bad samples yielded fewer), evaluates and selects, moves the state to the next epoch, saves the
+    /// bad samples yielded fewer) and, with `data.skip_bad`, the `skipped` files, evaluates and selects, moves the state to the next epoch, saves the
     /// checkpoints and redraws the plots.
     fn end_epoch(
         &mut self,
         epoch: usize,
         trained: &IntervalStats,
         batches: usize,
+        skipped: usize,
         bars: &Bars,
     ) -> Result<()> {
         let seconds = trained.seconds();
@@ -385,7 +388,7 @@ impl Trainer {
             train_acc: Some(train_acc),
             images_per_sec: Some(trained.images_per_sec(seconds)),
             seconds: Some(seconds),
-            skipped: (self.config.data.skip_bad).then(|| self.train.skipped_in_epoch(epoch as u64)),
+            skipped: self.config.data.skip_bad.then_some(skipped),
             ..Default::default()
         })?;
         let mut line = format!(
