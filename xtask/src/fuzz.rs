@@ -383,6 +383,7 @@ mod seeds {
             &store,
             with_optimizer.then_some(&optimizer),
             Some(&state),
+            None,
         )?;
         Ok(std::fs::read(&path)?)
     }

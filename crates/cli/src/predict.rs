@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use fgvc_train::device::DeviceChoice;
-use fgvc_train::predict::{image_files, ImagePrediction, ModelFiles, Weights};
-use fgvc_train::run_dir::RunDir;
+use fgvc_train::predict::{image_files, ImagePrediction};
 
-use crate::train::{device_parser, restore};
+use crate::train::{device_parser, restore, run_checkpoint};
 
 /// Output format of `fgvc predict`.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -30,13 +29,14 @@ pub struct PredictArgs {
     /// Images, or directories searched recursively for .jpg/.jpeg/.png.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// A checkpoint file; its run directory's config.toml is used unless `--config` is given.
+    /// A checkpoint file: it carries its configuration, class names and test pipeline.
     #[arg(long, conflicts_with = "run")]
     pub checkpoint: Option<PathBuf>,
-    /// A run directory (its best.safetensors and config.toml).
+    /// A run directory (its best.safetensors).
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// The configuration the checkpoint was trained with.
+    /// The configuration the checkpoint was trained with, instead of the one it carries (needed for
+    /// checkpoints of fgvc versions before self-contained checkpoints, outside their run directory).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Classes to show per image (at least 1).
@@ -61,23 +61,13 @@ fn top_k_arg(s: &str) -> std::result::Result<usize, String> {
 
 /// Predicts the classes of images with a trained checkpoint; an error after the output when any file failed.
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let files = match (&args.run, &args.checkpoint) {
-        (Some(run), _) => ModelFiles::of_run(&RunDir::open(run)?, Weights::Selected),
-        (None, Some(c)) => ModelFiles::beside(c),
-        (None, None) => bail!("give --checkpoint FILE (with --config FILE unless it is in a run directory) or --run DIR"),
+    let checkpoint = match (&args.run, &args.checkpoint) {
+        (Some(run), _) => run_checkpoint(run, false)?,
+        (None, Some(c)) => c.clone(),
+        (None, None) => bail!("give --checkpoint FILE or --run DIR"),
     };
-    let files = ModelFiles {
-        config: args.config.clone().unwrap_or(files.config),
-        ..files
-    };
-    if !files.config.exists() {
-        bail!(
-            "{} not found: pass --config with the checkpoint's configuration",
-            files.config.display()
-        );
-    }
     let device = args.device.open()?;
-    let predictor = restore(&files, &device)?;
+    let predictor = restore(&checkpoint, args.config.as_deref(), &[], &device)?;
     let images = image_files(&args.images)?;
     let results = predictor.predict_images(&images, args.topk)?;
     let mut out = io::stdout().lock();

@@ -9,7 +9,7 @@ use clap::Args;
 use fgvc_data::Split;
 use fgvc_train::data::{eval_loader, open_split};
 use fgvc_train::device::DeviceChoice;
-use fgvc_train::eval::evaluate;
+use fgvc_train::eval::{evaluate, evaluate_tta, Tta};
 use fgvc_train::predict::{ModelFiles, Predictor, Weights};
 use fgvc_train::run_dir::RunDir;
 use fgvc_train::{Config, TrainOptions, Trainer};
@@ -29,6 +29,12 @@ pub(crate) fn device_parser() -> impl TypedValueParser<Value = DeviceChoice> {
         name.parse::<DeviceChoice>()
             .expect("one of the possible values")
     })
+}
+
+/// `--tta flip|multicrop`.
+fn tta_parser() -> impl TypedValueParser<Value = Tta> {
+    PossibleValuesParser::new(Tta::ALL.map(|t| PossibleValue::new(t.name())))
+        .map(|name| name.parse::<Tta>().expect("one of the possible values"))
 }
 
 /// Arguments of `fgvc train`.
@@ -129,21 +135,32 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 /// Arguments of `fgvc eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A run directory: its config.toml and best.safetensors (or checkpoint-last with `--last`).
-    #[arg(long, conflicts_with_all = ["checkpoint", "config"])]
+    /// A run directory: its best.safetensors (or checkpoint-last with `--last`).
+    #[arg(long, conflicts_with = "checkpoint")]
     pub run: Option<PathBuf>,
-    /// A checkpoint file (with `--config`).
-    #[arg(long, requires = "config")]
+    /// A checkpoint file; it carries its configuration and class names, and the dataset it names is
+    /// evaluated (`--set data.root=DIR` when it has moved).
+    #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// The configuration the checkpoint was trained with.
+    /// The configuration the checkpoint was trained with, instead of the one it carries (needed for
+    /// checkpoints of fgvc versions before self-contained checkpoints, outside their run directory).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Override a `data.*` key of the checkpoint's configuration, e.g. `--set data.root=/mnt/CUB_200_2011`
+    /// (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// With `--run`: evaluate the last checkpoint instead of the selected one.
     #[arg(long)]
     pub last: bool,
     /// Split to evaluate: test or val.
     #[arg(long, default_value = "test")]
     pub split: String,
+    /// Test-time augmentation, reported as extra named predictions next to the plain ones: `flip` (the
+    /// image and its mirror) or `multicrop` (CAL's protocol: the centre and four corner crops of the resized
+    /// image, each also mirrored). Repeatable.
+    #[arg(long, value_parser = tta_parser())]
+    pub tta: Vec<Tta>,
     /// Also write the full report (per-class accuracy, confusion matrices) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -152,42 +169,74 @@ pub struct EvalArgs {
     pub device: DeviceChoice,
 }
 
-/// The model of `files`, its configuration's thread count pinned before the model is built.
-pub(crate) fn restore(files: &ModelFiles, device: &Device) -> Result<Predictor> {
-    let config = Config::load(&files.config, &[])?;
-    pin_threads(&config);
-    Ok(Predictor::restore(config, &files.checkpoint, device)?)
+/// The checkpoint a run directory's model is in: its selected weights, or its last with `last`.
+pub(crate) fn run_checkpoint(run: &Path, last: bool) -> Result<PathBuf> {
+    let weights = if last {
+        Weights::Last
+    } else {
+        Weights::Selected
+    };
+    Ok(ModelFiles::of_run(&RunDir::open(run)?, weights).checkpoint)
+}
+
+/// The model of `checkpoint`: restored from the file alone, or with `config` when given (`set` overriding
+/// its keys, or only the `data.*` keys of the checkpoint's own configuration). The configuration's thread
+/// count is pinned before the model is built.
+pub(crate) fn restore(
+    checkpoint: &Path,
+    config: Option<&Path>,
+    set: &[String],
+    device: &Device,
+) -> Result<Predictor> {
+    if let Some(path) = config {
+        let config = Config::load(path, set)?;
+        pin_threads(&config);
+        return Ok(Predictor::restore(config, checkpoint, device)?);
+    }
+    let origin = checkpoint.display().to_string();
+    let config = match fgvc_train::checkpoint::read_inference(checkpoint)? {
+        Some(info) => Some(info.config(&origin, set)?),
+        None => {
+            let beside = ModelFiles::beside(checkpoint).config;
+            beside
+                .is_file()
+                .then(|| Config::load(&beside, set))
+                .transpose()?
+        }
+    };
+    if let Some(config) = &config {
+        pin_threads(config);
+    }
+    Ok(Predictor::from_checkpoint_with(checkpoint, set, device)?)
 }
 
 /// Evaluates a checkpoint on a split and prints every named prediction's accuracy.
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let files = match (&args.run, &args.checkpoint, &args.config) {
-        (Some(run), _, _) => {
-            let weights = if args.last {
-                Weights::Last
-            } else {
-                Weights::Selected
-            };
-            ModelFiles::of_run(&RunDir::open(run)?, weights)
-        }
-        (None, Some(c), Some(cfg)) => ModelFiles {
-            config: cfg.clone(),
-            checkpoint: c.clone(),
-        },
-        _ => bail!("give --run DIR, or --checkpoint FILE with --config FILE"),
+    let checkpoint = match (&args.run, &args.checkpoint) {
+        (Some(run), _) => run_checkpoint(run, args.last)?,
+        (None, Some(c)) => c.clone(),
+        _ => bail!("give --run DIR or --checkpoint FILE"),
     };
     let split: Split = args.split.parse()?;
     let device = args.device.open()?;
-    let predictor = restore(&files, &device)?;
+    let predictor = restore(&checkpoint, args.config.as_deref(), &args.set, &device)?;
     let config = predictor.config();
     let dataset = open_split(config, split)?;
+    predictor.check_classes(dataset.class_names(), dataset.name())?;
     let loader = eval_loader(config, dataset, &device)?;
-    let report = evaluate(predictor.method(), &loader, split.as_str())?;
-    outln!(
-        "{} on {}",
-        files.checkpoint.display(),
-        loader.dataset().name()
-    )?;
+    let report = if args.tta.is_empty() {
+        evaluate(predictor.method(), &loader, split.as_str())?
+    } else {
+        evaluate_tta(
+            predictor.method(),
+            config,
+            loader.dataset().clone(),
+            split.as_str(),
+            &args.tta,
+            &device,
+        )?
+    };
+    outln!("{} on {}", checkpoint.display(), loader.dataset().name())?;
     output::print(&report.to_string())?;
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())

@@ -168,6 +168,41 @@ fn train_eval_predict() {
         (total - 1.0).abs() < 1e-4,
         "top-4 of 4 classes sums to {total}"
     );
+
+    // The checkpoint alone, its run directory gone: predict and eval (with test-time augmentation) still work.
+    let alone = dir.path().join("model.safetensors");
+    std::fs::rename(run.join("best.safetensors"), &alone).unwrap();
+    std::fs::remove_dir_all(&run).unwrap();
+    let again = ok(Command::new(FGVC)
+        .args(["predict", "--checkpoint"])
+        .arg(&alone)
+        .arg(images.join("bird1.png"))
+        .args(["--format", "json", "--topk", "4"])
+        .output()
+        .unwrap());
+    assert_eq!(again, json);
+    let stdout = ok(Command::new(FGVC)
+        .args(["eval", "--checkpoint"])
+        .arg(&alone)
+        .args(["--tta", "flip", "--tta", "multicrop"])
+        .output()
+        .unwrap());
+    assert!(
+        stdout.contains("test split, 16 images, 4 classes"),
+        "{stdout}"
+    );
+    for head in ["logits ", "logits+flip ", "logits+multicrop "] {
+        assert!(stdout.contains(head), "{head}: {stdout}");
+    }
+    let output = Command::new(FGVC)
+        .args(["eval", "--checkpoint"])
+        .arg(&alone)
+        .args(["--set", "model.base_width=8"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("only data.* keys"), "{stderr}");
 }
 
 #[test]

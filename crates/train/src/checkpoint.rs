@@ -3,7 +3,8 @@
 //! Tensors are stored under their parameter names (torchvision's for a backbone, so a checkpoint's weights
 //! load into any model with those names); optimiser buffers under `optim/<buffer>/<parameter>`. The trainer
 //! state (epoch, step, seed, optimiser step counts, best score) is JSON in the safetensors metadata under
-//! `fgvc.trainer_state`. One file, one rename: a killed run leaves either the previous checkpoint or the new
+//! `fgvc.trainer_state`, and what inference needs (class names, configuration, test pipeline, prediction
+//! names: [`InferenceInfo`]) under `fgvc.inference`, so a model restores from the file alone. One file, one rename: a killed run leaves either the previous checkpoint or the new
 //! one, never weights from one step with optimiser state from another.
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TrainError};
 use crate::optim::OptimizerState;
 use crate::run_dir::atomic_write;
+
+mod inference;
+
+pub use inference::{read_inference, InferenceInfo, INFERENCE_KEY};
 
 /// Prefix of optimiser-state tensors.
 pub const OPTIM_PREFIX: &str = "optim/";
@@ -63,14 +68,19 @@ pub struct Checkpoint {
     pub optimizer: Option<OptimizerState>,
     /// The trainer state, when the checkpoint has one.
     pub state: Option<TrainerState>,
+    /// What inference needs besides the weights; `None` in checkpoints of fgvc before 0.1.0's
+    /// self-contained format.
+    pub inference: Option<InferenceInfo>,
 }
 
-/// Writes the whole of `store` (parameters and buffers), `optimizer` and `state` to `path` atomically.
+/// Writes the whole of `store` (parameters and buffers), `optimizer`, `state` and `inference` to `path`
+/// atomically.
 pub fn save(
     path: &Path,
     store: &ParamStore,
     optimizer: Option<&OptimizerState>,
     state: Option<&TrainerState>,
+    inference: Option<&InferenceInfo>,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = store
         .all()
@@ -90,6 +100,9 @@ pub fn save(
         let doc =
             serde_json::to_string(s).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
         meta.insert(STATE_KEY.to_string(), doc);
+    }
+    if let Some(i) = inference {
+        meta.insert(INFERENCE_KEY.to_string(), i.to_json());
     }
     // Tensors on an accelerator are copied to the host by the serializer.
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
@@ -145,10 +158,15 @@ pub fn load_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Checkpoi
         }
         None => None,
     };
+    let inference = meta
+        .get(INFERENCE_KEY)
+        .map(|doc| InferenceInfo::from_json(doc, path))
+        .transpose()?;
     Ok(Checkpoint {
         weights,
         optimizer,
         state,
+        inference,
     })
 }
 

@@ -1,14 +1,13 @@
-//! Inference with a trained model: a method restored from a run directory (or a checkpoint and its
-//! configuration) classifies image files through the run's evaluation pipeline, ranking the classes of each
-//! image by softmax probability. `fgvc predict` and `fgvc eval` are this module on the command line.
+//! Inference with a trained model: a method restored from a checkpoint file alone (it carries its
+//! configuration, class names and test pipeline), or from a run directory, classifies image files through the
+//! run's evaluation pipeline, ranking the classes of each image by softmax probability. `fgvc predict` and
+//! `fgvc eval` are this module on the command line.
 //!
 //! ```no_run
 //! use candle_core::Device;
-//! use fgvc_train::predict::{image_files, ModelFiles, Predictor, Weights};
-//! use fgvc_train::run_dir::RunDir;
+//! use fgvc_train::predict::{image_files, Predictor};
 //!
-//! let run = RunDir::open("runs/synthetic-baseline")?;
-//! let predictor = Predictor::open(&ModelFiles::of_run(&run, Weights::Selected), &Device::Cpu)?;
+//! let predictor = Predictor::from_checkpoint("runs/synthetic-baseline/best.safetensors".as_ref(), &Device::Cpu)?;
 //! let images = image_files(&["images/".into()])?;
 //! for prediction in predictor.predict_images(&images, 5)? {
 //!     match &prediction.top {
@@ -27,7 +26,7 @@ use fgvc_data::{decode_image, Split};
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Checkpoint};
 use crate::config::Config;
 use crate::data::open_split;
 use crate::error::{Result, TrainError};
@@ -87,7 +86,7 @@ pub struct Ranked {
     pub rank: usize,
     /// The class index.
     pub class: usize,
-    /// The class name (`class <index>` when the training split, and so its names, cannot be opened).
+    /// The class name (`class <index>` for an older checkpoint whose training split cannot be opened).
     pub name: String,
     /// The softmax probability of the class under the main prediction.
     pub probability: f32,
@@ -118,25 +117,156 @@ impl Predictor {
         Self::restore(config, &files.checkpoint, device)
     }
 
-    /// Builds the method `config` describes on `device` and loads the weights of `checkpoint` into it. The
-    /// number of classes and their names come from the configured training split (the number from the
-    /// test split when the training split cannot be opened, the names then being `class <index>`).
-    pub fn restore(config: Config, checkpoint: &Path, device: &Device) -> Result<Self> {
-        let train = open_split(&config, Split::Train);
-        let classes = match &train {
-            Ok(d) => d.num_classes(),
-            Err(_) => open_split(&config, Split::Test)?.num_classes(),
-        };
-        let method = build_method(&config, classes, device)?;
+    /// Restores the model of `checkpoint` from the file alone: its embedded configuration, class names and
+    /// test pipeline ([`InferenceInfo`](checkpoint::InferenceInfo)); no run directory or dataset is read.
+    ///
+    /// A checkpoint of an fgvc before self-contained checkpoints carries none of these: it is restored with
+    /// the `config.toml` beside it (its run directory) and a warning saying what it lacks, and is an error
+    /// saying so when there is none.
+    pub fn from_checkpoint(checkpoint: &Path, device: &Device) -> Result<Self> {
+        Self::from_checkpoint_with(checkpoint, &[], device)
+    }
+
+    /// [`Predictor::from_checkpoint`] with `data.*` overrides (`key=value`) of the embedded configuration,
+    /// e.g. `data.root=/mnt/CUB_200_2011` to evaluate on a dataset that has moved, or a smaller
+    /// `data.eval_batch_size`. The model's own keys cannot be overridden: the weights were trained with them.
+    pub fn from_checkpoint_with(
+        checkpoint: &Path,
+        overrides: &[String],
+        device: &Device,
+    ) -> Result<Self> {
+        if let Some(o) = overrides.iter().find(|o| !o.starts_with("data.")) {
+            return Err(TrainError::Config {
+                origin: format!("--set {o}"),
+                key: o.split('=').next().unwrap_or(o).to_string(),
+                message:
+                    "only data.* keys can be overridden when restoring a checkpoint: the model was \
+                          trained with the rest"
+                        .into(),
+            });
+        }
         let ckpt = checkpoint::load(checkpoint, device)?;
+        match &ckpt.inference {
+            Some(info) => {
+                let config = info.config(&checkpoint.display().to_string(), overrides)?;
+                let names = info.class_names.clone();
+                Self::build(config, &ckpt, names, checkpoint, device)
+            }
+            None => {
+                let files = ModelFiles::beside(checkpoint);
+                if !files.config.is_file() {
+                    return Err(TrainError::checkpoint(
+                        checkpoint,
+                        format!(
+                            "it carries no configuration, class names or test pipeline (it was written by an \
+                             fgvc before checkpoints were self-contained) and there is no {} beside it: give \
+                             the configuration it was trained with (`--config FILE`), or retrain to get a \
+                             self-contained checkpoint",
+                            files.config.display()
+                        ),
+                    ));
+                }
+                tracing::warn!(
+                    "{} carries no configuration, class names or test pipeline (written by an fgvc before \
+                     checkpoints were self-contained): using {} and the class names of its training split",
+                    checkpoint.display(),
+                    files.config.display()
+                );
+                let config = Config::load(&files.config, overrides)?;
+                Self::restore_loaded(config, &ckpt, checkpoint, device)
+            }
+        }
+    }
+
+    /// Builds the method `config` describes on `device` and loads the weights of `checkpoint` into it. The
+    /// class names (and their number) are the checkpoint's own when it carries them; for an older checkpoint
+    /// they come from the configured training split (the number from the test split when the training split
+    /// cannot be opened, the names then being `class <index>`).
+    pub fn restore(config: Config, checkpoint: &Path, device: &Device) -> Result<Self> {
+        let ckpt = checkpoint::load(checkpoint, device)?;
+        Self::restore_loaded(config, &ckpt, checkpoint, device)
+    }
+
+    /// [`Predictor::restore`] of a checkpoint already read.
+    fn restore_loaded(
+        config: Config,
+        ckpt: &Checkpoint,
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        if let Some(info) = &ckpt.inference {
+            return Self::build(config, ckpt, info.class_names.clone(), path, device);
+        }
+        let train = open_split(&config, Split::Train);
+        let class_names = match &train {
+            Ok(d) => d.class_names().to_vec(),
+            Err(_) => {
+                let classes = open_split(&config, Split::Test)?.num_classes();
+                (0..classes).map(|c| format!("class {c}")).collect()
+            }
+        };
+        Self::build(config, ckpt, class_names, path, device)
+    }
+
+    /// The method of `config` for `class_names.len()` classes with the weights of `ckpt` (read from `path`).
+    /// The configured pretrained weights are not read: the checkpoint's replace them, and the file may be
+    /// gone.
+    fn build(
+        config: Config,
+        ckpt: &Checkpoint,
+        class_names: Vec<String>,
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        fgvc_data::set_max_image_pixels(config.data.max_image_pixels).map_err(|e| {
+            TrainError::Config {
+                origin: path.display().to_string(),
+                key: "data.max_image_pixels".into(),
+                message: e.to_string(),
+            }
+        })?;
+        let mut model = config.clone();
+        model.model.pretrained = None;
+        let method = build_method(&model, class_names.len(), device)?;
         checkpoint::apply_weights(method.store(), &ckpt.weights, true)
-            .map_err(|e| TrainError::checkpoint(checkpoint, e.to_string()))?;
-        let class_names = train.map(|d| d.class_names().to_vec()).unwrap_or_default();
+            .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
         Ok(Predictor {
             config,
             method,
             class_names,
         })
+    }
+
+    /// Checks that a dataset (`name`, for errors) has the model's classes, in the model's label order: an
+    /// evaluation on other classes would count right answers as wrong.
+    pub fn check_classes(&self, names: &[String], name: &str) -> Result<()> {
+        if names == self.class_names.as_slice() {
+            return Ok(());
+        }
+        let detail = match names
+            .iter()
+            .zip(&self.class_names)
+            .position(|(a, b)| a != b)
+        {
+            _ if names.len() != self.class_names.len() => format!(
+                "it has {} classes, the model {}",
+                names.len(),
+                self.class_names.len()
+            ),
+            Some(i) => format!(
+                "label {i} is {:?} there and {:?} in the model",
+                names[i], self.class_names[i]
+            ),
+            None => unreachable!("equal lengths and no differing name"),
+        };
+        Err(TrainError::Msg(format!(
+            "{name} does not have the classes the model was trained on: {detail}"
+        )))
+    }
+
+    /// The names of the classes, in label order.
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
     }
 
     /// The configuration the model was trained with.

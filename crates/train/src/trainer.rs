@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::Device;
 use fgvc_data::{Batch, Loader};
 
-use crate::checkpoint::{self, BestScore, TrainerState};
+use crate::checkpoint::{self, BestScore, InferenceInfo, TrainerState};
 use crate::config::{Config, Selection};
 use crate::data::{eval_loader, open_splits, train_loader, Splits};
 use crate::error::{Result, TrainError};
@@ -86,6 +86,8 @@ pub struct Trainer {
     log: MetricsLog,
     accumulator: Accumulator,
     options: TrainOptions,
+    /// What every checkpoint carries for inference.
+    inference: InferenceInfo,
     /// Held while the trainer lives; dropped last.
     _lock: RunLock,
 }
@@ -135,6 +137,8 @@ impl Trainer {
             config.train.epochs as u64,
             train.num_batches() as u64,
         )?;
+        let inference =
+            InferenceInfo::of_method(&config, &*method, splits.train.class_names().to_vec())?;
         let (run, lock) = claim::claim(run_dir, &config, &options)?;
         let mut state = TrainerState {
             epoch: 0,
@@ -182,6 +186,7 @@ impl Trainer {
             log,
             accumulator,
             options,
+            inference,
             _lock: lock,
         })
     }
@@ -208,6 +213,7 @@ impl Trainer {
             self.method.store(),
             Some(&opt),
             Some(&self.state),
+            Some(&self.inference),
         )
     }
 
@@ -218,6 +224,7 @@ impl Trainer {
             self.method.store(),
             None,
             Some(&self.state),
+            Some(&self.inference),
         )
     }
 

@@ -216,7 +216,7 @@ fn state_round_trips_through_a_checkpoint_bit_exactly() {
             step(&fx, case, &mut *opt, t);
         }
         let path = dir.path().join("ckpt.safetensors");
-        checkpoint::save(&path, &first, Some(&opt.state().unwrap()), None).unwrap();
+        checkpoint::save(&path, &first, Some(&opt.state().unwrap()), None, None).unwrap();
         let ckpt = checkpoint::load(&path, &Device::Cpu).unwrap();
         let second = store(&fx);
         checkpoint::apply_weights(&second, &ckpt.weights, true).unwrap();

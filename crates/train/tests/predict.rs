@@ -176,3 +176,144 @@ fn predictions_of_a_restored_run_are_the_trained_methods_softmax_ranked() {
     let last = Predictor::open(&ModelFiles::of_run(&run, Weights::Last), &Device::Cpu).unwrap();
     assert_eq!(last.probabilities(&x).unwrap(), probabilities);
 }
+
+/// A folder dataset of synthetic birds under `root/{train,test}/<class>/`, with class names of its own.
+fn write_folder_dataset(root: &std::path::Path) -> Vec<String> {
+    let source = tiny();
+    let names = vec![
+        "acadian flycatcher".to_string(),
+        "bobolink".into(),
+        "cardinal".into(),
+        "dunlin".into(),
+    ];
+    for (split, split_name) in [(Split::Train, "train"), (Split::Test, "test")] {
+        let data = open_split(&source, split).unwrap();
+        for i in 0..data.len() {
+            let dir = root.join(split_name).join(&names[data.label(i) as usize]);
+            std::fs::create_dir_all(&dir).unwrap();
+            data.load(i)
+                .unwrap()
+                .save(dir.join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    names
+}
+
+#[test]
+fn a_checkpoint_restores_alone_with_its_run_directory_and_dataset_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("birds");
+    let names = write_folder_dataset(&data);
+    // Pretrained weights that will be deleted too: restoring must not read them.
+    let pretrained = dir.path().join("start.safetensors");
+    let warm = dir.path().join("warm");
+    let mut t = Trainer::new(tiny(), &warm, &Device::Cpu, TrainOptions::default()).unwrap();
+    t.run().unwrap();
+    std::fs::copy(warm.join("checkpoint-last.safetensors"), &pretrained).unwrap();
+
+    let root = dir.path().join("run");
+    let sets = [
+        "data.dataset=folder".to_string(),
+        "data.crop=32".into(),
+        "data.resize=36".into(),
+        format!("data.root={:?}", data.display().to_string()),
+        format!("model.pretrained={:?}", pretrained.display().to_string()),
+        "model.pretrained_strict=false".into(),
+    ];
+    let config = Config::parse(&tiny().to_toml(), "tiny", &sets).unwrap();
+    let mut trainer =
+        Trainer::new(config.clone(), &root, &Device::Cpu, TrainOptions::default()).unwrap();
+    trainer.run().unwrap();
+    let image = dir.path().join("query.png");
+    std::fs::copy(
+        data.join("test/bobolink")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+        &image,
+    )
+    .unwrap();
+    let before = Predictor::open(
+        &ModelFiles::of_run(&RunDir::open(&root).unwrap(), Weights::Selected),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .predict_images(std::slice::from_ref(&image), 4)
+    .unwrap();
+
+    // Only the checkpoint is left.
+    let best = dir.path().join("best.safetensors");
+    std::fs::rename(root.join("best.safetensors"), &best).unwrap();
+    for gone in [&root, &data, &warm] {
+        std::fs::remove_dir_all(gone).unwrap();
+    }
+    std::fs::remove_file(&pretrained).unwrap();
+
+    let predictor = Predictor::from_checkpoint(&best, &Device::Cpu).unwrap();
+    assert_eq!(predictor.class_names(), names.as_slice());
+    assert_eq!(predictor.config(), &config);
+    let after = predictor
+        .predict_images(std::slice::from_ref(&image), 4)
+        .unwrap();
+    assert_eq!(after, before);
+    let top = after[0].top.as_ref().unwrap();
+    assert!(names.contains(&top[0].name), "{top:?}");
+
+    let info = fgvc_train::checkpoint::load(&best, &Device::Cpu)
+        .unwrap()
+        .inference
+        .unwrap();
+    assert_eq!(info.predictions, ["logits"]);
+    assert_eq!(info.input_size, Some([32, 32]));
+    assert_eq!(info.fgvc_version, env!("CARGO_PKG_VERSION"));
+
+    // Only data keys can be overridden; the model's are the weights'.
+    let err = Predictor::from_checkpoint_with(&best, &["model.base_width=8".into()], &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.base_width") && err.contains("only data.*"),
+        "{err}"
+    );
+    let smaller =
+        Predictor::from_checkpoint_with(&best, &["data.eval_batch_size=1".into()], &Device::Cpu)
+            .unwrap();
+    assert_eq!(smaller.batch_size(), 1);
+}
+
+#[test]
+fn an_older_checkpoint_says_what_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("run");
+    let config = tiny();
+    let mut trainer =
+        Trainer::new(config.clone(), &root, &Device::Cpu, TrainOptions::default()).unwrap();
+    trainer.run().unwrap();
+    // The same weights, written as fgvc did before checkpoints carried their inference record.
+    let old = root.join("old.safetensors");
+    fgvc_train::checkpoint::save(&old, trainer.method().store(), None, None, None).unwrap();
+    assert_eq!(fgvc_train::checkpoint::read_inference(&old).unwrap(), None);
+    let restored = Predictor::from_checkpoint(&old, &Device::Cpu).unwrap();
+    assert_eq!(
+        restored.class_names(),
+        open_split(&config, Split::Train).unwrap().class_names()
+    );
+
+    let alone = dir.path().join("old.safetensors");
+    std::fs::rename(&old, &alone).unwrap();
+    let err = Predictor::from_checkpoint(&alone, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("old.safetensors")
+            && err.contains("carries no configuration")
+            && err.contains("--config"),
+        "{err}"
+    );
+}

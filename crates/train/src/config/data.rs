@@ -87,7 +87,7 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
-    pub(super) fn sizes(&self) -> (u32, u32) {
+    pub(crate) fn sizes(&self) -> (u32, u32) {
         let synthetic = self.dataset == "synthetic";
         let crop = self.crop.unwrap_or(if synthetic {
             self.synthetic.image_size

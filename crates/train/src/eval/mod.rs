@@ -1,13 +1,18 @@
 //! Evaluation: top-1, top-5, per-class and mean per-class accuracy and the confusion matrix of every named
-//! prediction a method makes.
+//! prediction a method makes, plain or with test-time augmentation ([`evaluate_tta`]).
 
 use std::fmt;
 
+use candle_core::Tensor;
 use fgvc_data::Loader;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::method::Method;
+use crate::method::{Method, Predictions};
+
+mod tta;
+
+pub use tta::{evaluate_tta, predict_tta, Tta};
 
 /// Accuracy figures of one named prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,15 +65,22 @@ impl fmt::Display for EvalReport {
             self.count,
             self.class_names.len()
         )?;
+        let width = self
+            .heads
+            .iter()
+            .map(|h| h.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(12);
         writeln!(
             f,
-            "{:<12} {:>8} {:>8} {:>15}",
+            "{:<width$} {:>8} {:>8} {:>15}",
             "prediction", "top-1", "top-5", "mean per class"
         )?;
         for h in &self.heads {
             writeln!(
                 f,
-                "{:<12} {:>7.2}% {:>7.2}% {:>14.2}%",
+                "{:<width$} {:>7.2}% {:>7.2}% {:>14.2}%",
                 h.name,
                 100.0 * h.top1,
                 100.0 * h.top5,
@@ -171,30 +183,55 @@ impl HeadAccumulator {
     }
 }
 
+/// Adds one batch's `predictions` for images labelled `labels` to `heads` (one accumulator per named
+/// prediction, created at the first batch).
+fn tally(
+    heads: &mut Vec<HeadAccumulator>,
+    predictions: Predictions,
+    labels: &[u32],
+    classes: usize,
+) -> Result<()> {
+    if heads.is_empty() {
+        *heads = predictions
+            .heads
+            .iter()
+            .map(|(n, _)| HeadAccumulator::new(n.clone(), classes))
+            .collect();
+    }
+    if predictions.heads.len() != heads.len() {
+        return Err(TrainError::Msg(
+            "the method's named predictions changed between batches".into(),
+        ));
+    }
+    for (acc, (_, logits)) in heads.iter_mut().zip(&predictions.heads) {
+        let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        for (row, &l) in rows.iter().zip(labels) {
+            acc.add(row, l as usize)?;
+        }
+    }
+    Ok(())
+}
+
 /// Evaluates `method` on every batch of `loader` (which should not shuffle or drop), epoch `0`'s
 /// deterministic order.
 pub fn evaluate(method: &dyn Method, loader: &Loader, split: &str) -> Result<EvalReport> {
+    evaluate_by(loader, split, |images| method.predict(images))
+}
+
+/// Evaluates the named predictions `predict` makes for each batch of `loader`.
+fn evaluate_by(
+    loader: &Loader,
+    split: &str,
+    predict: impl Fn(&Tensor) -> Result<Predictions>,
+) -> Result<EvalReport> {
     let class_names = loader.dataset().class_names().to_vec();
     let classes = class_names.len();
     let mut heads: Vec<HeadAccumulator> = Vec::new();
     let mut count = 0;
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let preds = method.predict(&batch.images)?;
         let labels = batch.labels.to_vec1::<u32>()?;
-        if heads.is_empty() {
-            heads = preds
-                .heads
-                .iter()
-                .map(|(n, _)| HeadAccumulator::new(n.clone(), classes))
-                .collect();
-        }
-        for (acc, (_, logits)) in heads.iter_mut().zip(&preds.heads) {
-            let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
-            for (row, &l) in rows.iter().zip(&labels) {
-                acc.add(row, l as usize)?;
-            }
-        }
+        tally(&mut heads, predict(&batch.images)?, &labels, classes)?;
         count += labels.len();
     }
     if count == 0 {
