@@ -14,7 +14,7 @@
 //!   prediction.
 //! * [`Trainer`]: epochs, schedule, model selection on a validation split (or, flagged, the papers'
 //!   best-on-test), [`metrics`] (`metrics.jsonl`, `metrics.csv`), [`plot`]s, atomic [`checkpoint`]s and
-//!   exact `--resume`: every random draw is keyed by `(seed, epoch, step)`, so a run killed and resumed
+//!   exact `--resume`, and [`tensorboard`] logging: every random draw is keyed by `(seed, epoch, step)`, so a run killed and resumed
 //!   ends with the same weights as one that never stopped.
 //! * [`Config`]: TOML run configurations with unknown keys refused and `--set key=value` overrides.
 //!
@@ -46,6 +46,7 @@ pub mod predict;
 pub mod registry;
 pub mod run_dir;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::Config;

@@ -82,6 +82,19 @@ pub trait Method {
     fn default_zero_grad(&self) -> ZeroGrad {
         ZeroGrad::SetToNone
     }
+
+    /// The destroyed copies of `images` that [`Method::train_step`] trains on, named as its partial losses
+    /// (PMG: `jigsaw8`, `jigsaw4`, `jigsaw2`), drawn from `rng(stream)` with the streams its step draws them
+    /// from ([`StepContext::rng`]), so that with the step's keys they are the very images of that step. For
+    /// previews (TensorBoard's `augment/*` images). The default is none: the method trains on its inputs as
+    /// they are.
+    fn destructions(
+        &self,
+        _images: &Tensor,
+        _rng: &dyn Fn(u64) -> ChaCha8Rng,
+    ) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A seeded generator keyed by `(seed, epoch, step, stream)`: reproducible from the position alone, so

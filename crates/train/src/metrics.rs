@@ -47,6 +47,10 @@ pub struct Record {
     /// Top-1 of every named prediction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heads: Option<BTreeMap<String, f64>>,
+    /// Mean of every named partial loss over the interval (`train` and `epoch` records of a method with
+    /// several losses: PMG's `jigsaw8`, .., `concat`; DCL's `cls`, `swap`, `location`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub losses: Option<BTreeMap<String, f64>>,
     /// Learning rate of every group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lrs: Option<BTreeMap<String, f64>>,

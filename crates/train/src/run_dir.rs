@@ -8,6 +8,7 @@
 //! <run>/best.safetensors            the weights selected on the validation split (or test, if asked)
 //! <run>/plots/{loss,accuracy,lr}.svg
 //! <run>/eval-<split>.json           the final evaluation report
+//! <run>/tb/events.out.tfevents.*    TensorBoard event files, one per training process
 //! <run>/.lock                       while a process trains there: its pid, host and start time
 //! ```
 //!
@@ -128,6 +129,11 @@ impl RunDir {
         self.root.join(format!("eval-{split}.json"))
     }
 
+    /// `tb/`, the TensorBoard log directory.
+    pub fn tb(&self) -> PathBuf {
+        self.root.join("tb")
+    }
+
     /// Locks the directory (created with `plots/` if missing) for this process: see [`RunLock::acquire`].
     pub fn lock(&self) -> Result<RunLock> {
         fs::create_dir_all(self.root.join("plots")).map_err(|e| TrainError::io(&self.root, e))?;
@@ -135,7 +141,7 @@ impl RunDir {
     }
 
     /// The files of a run the directory holds, sorted: `config.toml`, the metrics, the checkpoints,
-    /// `eval-*.json`, the plots and temporary files an interrupted atomic write left. Other files (a user's
+    /// `eval-*.json`, the plots, the TensorBoard event files and temporary files an interrupted atomic write left. Other files (a user's
     /// notes) are not run files.
     pub fn run_files(&self) -> Vec<PathBuf> {
         let fixed = [
@@ -162,6 +168,9 @@ impl RunDir {
         }));
         files.extend(matching(&self.root.join("plots"), &|name| {
             name.ends_with(".svg") || is_temporary(name)
+        }));
+        files.extend(matching(&self.tb(), &|name| {
+            name.contains(fgvc_tensorboard::FILE_MARKER)
         }));
         files.sort();
         files
@@ -198,6 +207,19 @@ mod tests {
         let missing = dir.path().join("no/such/dir/a.txt");
         let err = atomic_write(&missing, b"x").unwrap_err().to_string();
         assert!(err.contains("no/such/dir/a.txt"), "{err}");
+    }
+
+    #[test]
+    fn event_files_are_run_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path().join("r")).unwrap();
+        fs::create_dir(run.tb()).unwrap();
+        let event_file = run.tb().join("events.out.tfevents.1700000000.host.1.0");
+        fs::write(&event_file, b"").unwrap();
+        fs::write(run.tb().join("notes.txt"), b"mine").unwrap();
+        assert_eq!(run.run_files(), [event_file]);
+        run.remove_run_files().unwrap();
+        assert!(run.run_files().is_empty() && run.tb().join("notes.txt").is_file());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::config::{Config, Selection};
 use crate::data::{eval_loader, open_splits, train_loader, Splits};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate, EvalReport};
-use crate::method::{Accumulator, Method, StepContext, StepStats};
+use crate::method::{keyed_rng, Accumulator, Method, StepContext, StepStats};
 use crate::metrics::{MetricsLog, Record};
 use crate::optim::build_optimizer;
 use crate::optim::Optimizer;
@@ -20,6 +20,7 @@ use crate::plot::run_charts;
 use crate::registry::build_method;
 use crate::run_dir::{atomic_write, RunDir, RunLock};
 use crate::schedule::Schedule;
+use crate::tensorboard::{EvalImages, TbLogger};
 
 mod claim;
 mod interval;
@@ -84,6 +85,9 @@ pub struct Trainer {
     test: Loader,
     state: TrainerState,
     log: MetricsLog,
+    tb: TbLogger,
+    /// Images rendered for TensorBoard after each evaluation (see [`Trainer::set_eval_images`]).
+    eval_images: Option<EvalImages>,
     accumulator: Accumulator,
     options: TrainOptions,
     /// What every checkpoint carries for inference.
@@ -172,6 +176,11 @@ impl Trainer {
             atomic_write(&run.config(), config.to_toml().as_bytes())?;
             MetricsLog::open(&run, None)?
         };
+        let tb = if config.train.tensorboard {
+            TbLogger::open(&run.tb(), options.resume.then_some(state.step))
+        } else {
+            TbLogger::off()
+        };
         let accumulator = Accumulator::new(config.optim.accumulate);
         Ok(Trainer {
             config,
@@ -184,6 +193,10 @@ impl Trainer {
             test,
             state,
             log,
+            tb,
+            // Issue 18: the integrator connects explain's Grad-CAM renderer of a few fixed validation
+            // images here (or a caller does, with `set_eval_images`).
+            eval_images: None,
             accumulator,
             options,
             inference,
@@ -204,6 +217,22 @@ impl Trainer {
     /// Where training stands.
     pub fn state(&self) -> &TrainerState {
         &self.state
+    }
+
+    /// The run's TensorBoard logging.
+    pub fn tensorboard(&self) -> &TbLogger {
+        &self.tb
+    }
+
+    /// Renders images with `hook` after each evaluation and logs them to TensorBoard as `explain/<name>`.
+    pub fn set_eval_images(&mut self, hook: EvalImages) {
+        self.eval_images = Some(hook);
+    }
+
+    /// Appends `record` to the metrics log and its scalars to TensorBoard.
+    fn append(&mut self, record: Record) -> Result<()> {
+        self.tb.record(&record);
+        self.log.append(record)
     }
 
     fn save_last(&self) -> Result<()> {
@@ -316,6 +345,8 @@ impl Trainer {
                 && self.accumulator.is_empty()
                 && !last_batch
             {
+                // What was logged up to the checkpoint is on disk before the checkpoint is.
+                self.tb.flush();
                 self.save_last()?;
                 last_ckpt_step = self.state.step;
             }
@@ -332,6 +363,13 @@ impl Trainer {
     /// One training step on batch `b` of `epoch`, at the scheduled learning rate; the optimiser steps when
     /// the accumulated gradients are due (or at the epoch's last batch). Refuses a non-finite loss.
     fn train_batch(&mut self, epoch: usize, b: usize, batch: &Batch) -> Result<StepStats> {
+        if self.state.step == 0 {
+            let (seed, step) = (self.config.seed, self.state.step);
+            let normalize = self.config.data.pipelines()?.0.normalize;
+            let rng = |stream| keyed_rng(seed, epoch as u64, step, stream);
+            self.tb
+                .preview(&*self.method, &batch.images, &normalize, &rng, step)?;
+        }
         let factor = self.schedule.factor(epoch as u64, b as u64);
         self.optimizer.groups_mut().set_lr_factor(factor);
         let flush = (b + 1) % self.accumulator.every() == 0 || b + 1 == self.train.num_batches();
@@ -360,13 +398,14 @@ impl Trainer {
     /// Appends the `train` record of the steps of `interval`, with the learning rates now.
     fn log_interval(&mut self, epoch: usize, interval: &IntervalStats) -> Result<()> {
         let (lr, lrs) = self.lr_record();
-        self.log.append(Record {
+        self.append(Record {
             kind: "train".into(),
             epoch,
             step: self.state.step,
             lr,
             lrs: Some(lrs),
             loss: Some(interval.loss()),
+            losses: interval.losses(),
             train_acc: Some(interval.accuracy()),
             images_per_sec: Some(interval.images_per_sec(interval.seconds())),
             ..Default::default()
@@ -387,11 +426,12 @@ impl Trainer {
     ) -> Result<()> {
         let seconds = trained.seconds();
         let (train_loss, train_acc) = (trained.loss_over(batches), trained.accuracy());
-        self.log.append(Record {
+        self.append(Record {
             kind: "epoch".into(),
             epoch,
             step: self.state.step,
             loss: Some(train_loss),
+            losses: trained.losses_over(batches),
             train_acc: Some(train_acc),
             images_per_sec: Some(trained.images_per_sec(seconds)),
             seconds: Some(seconds),
@@ -416,6 +456,7 @@ impl Trainer {
             // Every epoch's weights are the selected ones, saved with the state after the epoch.
             self.save_best()?;
         }
+        self.tb.flush();
         self.save_last()?;
         self.write_plots()?;
         bars.end_epoch(&line);
@@ -433,6 +474,11 @@ impl Trainer {
         let top1 = report.main().top1;
         self.log
             .append(eval_record(&report, epoch, self.state.step))?;
+        let step = self.state.step;
+        self.tb.evaluation(&format!("eval/{split}"), &report, step);
+        if let Some(hook) = &mut self.eval_images {
+            self.tb.eval_images(hook, &*self.method, step);
+        }
         let improves = match (&self.state.best, self.config.train.select) {
             (_, Selection::Last) => false,
             (None, _) => true,
@@ -474,6 +520,8 @@ impl Trainer {
         let mut rec = eval_record(&report, self.state.epoch.saturating_sub(1), self.state.step);
         rec.kind = "test".into();
         self.log.append(rec)?;
+        self.tb.evaluation("test", &report, self.state.step);
+        self.tb.flush();
         Ok(report)
     }
 }

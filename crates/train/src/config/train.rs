@@ -49,6 +49,10 @@ pub struct TrainConfig {
     /// across machines: GEMM summation order depends on the thread count.
     #[serde(default)]
     pub threads: usize,
+    /// Log every metric, the augmentation preview and evaluation images to TensorBoard event files in
+    /// `<run>/tb/` (a directory that cannot be written is a warning, not a failed run).
+    #[serde(default = "default_true")]
+    pub tensorboard: bool,
 }
 
 impl Default for TrainConfig {

@@ -451,4 +451,14 @@ impl Method for Dcl {
         // PyTorch 0.4 kept zeroed gradients; every parameter gets a gradient at DCL's single step anyway.
         ZeroGrad::Zero
     }
+
+    /// The region-confused copies of the batch, from stream 0 as in [`Dcl::make_batch`].
+    fn destructions(
+        &self,
+        images: &Tensor,
+        rng: &dyn Fn(u64) -> rand_chacha::ChaCha8Rng,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let destroyed = self.rcm.apply(images, &mut rng(0)).map_err(augment_error)?;
+        Ok(vec![("rcm".into(), destroyed.images)])
+    }
 }

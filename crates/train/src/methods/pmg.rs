@@ -338,4 +338,19 @@ impl Method for Pmg {
     fn default_zero_grad(&self) -> ZeroGrad {
         ZeroGrad::Zero
     }
+
+    /// The jigsaw of each progressive step, from that step's stream.
+    fn destructions(
+        &self,
+        images: &Tensor,
+        rng: &dyn Fn(u64) -> rand_chacha::ChaCha8Rng,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let levels = &self.options.granularities;
+        (0..levels.len())
+            .map(|k| {
+                let x = self.step_input(images, k, &mut rng(k as u64))?;
+                Ok((step_name("jigsaw", levels, k), x))
+            })
+            .collect()
+    }
 }

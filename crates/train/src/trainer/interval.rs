@@ -1,6 +1,7 @@
 //! The running statistics of a span of training steps: the loss, accuracy and throughput a `train` record
 //! reports for the steps since the previous one, and an `epoch` record for a whole epoch.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::method::StepStats;
@@ -12,6 +13,8 @@ pub(super) struct IntervalStats {
     correct: usize,
     seen: usize,
     steps: u64,
+    /// Sums of the named partial losses.
+    losses: BTreeMap<String, f64>,
     start: Instant,
 }
 
@@ -23,6 +26,7 @@ impl IntervalStats {
             correct: 0,
             seen: 0,
             steps: 0,
+            losses: BTreeMap::new(),
             start: Instant::now(),
         }
     }
@@ -33,6 +37,9 @@ impl IntervalStats {
         self.correct += stats.correct;
         self.seen += stats.count;
         self.steps += 1;
+        for (name, value) in &stats.losses {
+            *self.losses.entry(name.clone()).or_default() += value;
+        }
     }
 
     /// The mean loss of a step.
@@ -43,6 +50,23 @@ impl IntervalStats {
     /// The loss summed over the interval, divided by `steps` (at least one).
     pub(super) fn loss_over(&self, steps: usize) -> f64 {
         self.loss / steps.max(1) as f64
+    }
+
+    /// The mean of each named partial loss over the interval's steps.
+    pub(super) fn losses(&self) -> Option<BTreeMap<String, f64>> {
+        self.losses_over(self.steps as usize)
+    }
+
+    /// Each named partial loss summed over the interval, divided by `steps` (at least one); `None` for a
+    /// method that names no partial loss.
+    pub(super) fn losses_over(&self, steps: usize) -> Option<BTreeMap<String, f64>> {
+        let n = steps.max(1) as f64;
+        (!self.losses.is_empty()).then(|| {
+            self.losses
+                .iter()
+                .map(|(k, v)| (k.clone(), v / n))
+                .collect()
+        })
     }
 
     /// The fraction of training images classified correctly.
@@ -86,6 +110,16 @@ mod tests {
         assert_eq!((s.loss(), s.accuracy()), (1.0, 0.5));
         assert_eq!(s.loss_over(4), 0.5);
         assert_eq!(s.images_per_sec(2.0), 8.0);
+        assert_eq!(s.losses_over(2), None);
+        let mut p = IntervalStats::start();
+        for (a, b) in [(1.0, 3.0), (2.0, 5.0)] {
+            p.add(&StepStats {
+                losses: vec![("jigsaw8".into(), a), ("concat".into(), b)],
+                ..step(a + b, 0, 4)
+            });
+        }
+        let means = p.losses_over(2).unwrap();
+        assert_eq!((means["jigsaw8"], means["concat"]), (1.5, 4.0));
         assert!(s.seconds() >= 0.0);
     }
 }
