@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Result, TrainError};
+use crate::explain::Explain;
 use crate::optim::{clip_grad_norm, first_non_finite, GroupSpec, Optimizer, ZeroGrad};
 
 /// What one training step reports.
@@ -81,6 +82,12 @@ pub trait Method {
     /// The `zero_grad` semantics the method's official code had (PyTorch < 2.0 for PMG and RMG-PMSI).
     fn default_zero_grad(&self) -> ZeroGrad {
         ZeroGrad::SetToNone
+    }
+
+    /// The method's Grad-CAM support ([`crate::explain`]): itself as an [`Explain`]. By default an error
+    /// saying the method is not explainable.
+    fn explain(&self) -> Result<&dyn Explain> {
+        Err(crate::explain::not_explainable(self.name()))
     }
 }
 

@@ -451,4 +451,8 @@ impl Method for Dcl {
         // PyTorch 0.4 kept zeroed gradients; every parameter gets a gradient at DCL's single step anyway.
         ZeroGrad::Zero
     }
+
+    fn explain(&self) -> Result<&dyn crate::explain::Explain> {
+        Ok(self)
+    }
 }

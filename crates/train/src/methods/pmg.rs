@@ -338,4 +338,8 @@ impl Method for Pmg {
     fn default_zero_grad(&self) -> ZeroGrad {
         ZeroGrad::Zero
     }
+
+    fn explain(&self) -> Result<&dyn crate::explain::Explain> {
+        Ok(self)
+    }
 }

@@ -313,4 +313,8 @@ impl Method for RmgPmsi {
     fn default_zero_grad(&self) -> ZeroGrad {
         ZeroGrad::Zero
     }
+
+    fn explain(&self) -> Result<&dyn crate::explain::Explain> {
+        Ok(self)
+    }
 }
