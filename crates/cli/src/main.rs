@@ -1,10 +1,12 @@
 //! `fgvc`: the command line of the fgvc toolkit.
 //!
 //! `fgvc train` trains a method (by default the embedded synthetic baseline, on the CPU in minutes),
-//! `fgvc eval` evaluates a run or checkpoint, `fgvc predict` classifies images; `fgvc augment preview` renders
-//! the destructions the methods train on and `fgvc data verify` checks a downloaded dataset.
+//! `fgvc eval` evaluates a run or checkpoint, `fgvc predict` classifies images, `fgvc explain` shows where
+//! the model looks; `fgvc augment preview` renders the destructions the methods train on and `fgvc data
+//! verify` checks a downloaded dataset.
 
 mod data;
+mod explain;
 mod output;
 mod predict;
 mod preview;
@@ -34,6 +36,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Classify images with a trained checkpoint.
     Predict(predict::PredictArgs),
+    /// Grad-CAM heatmaps of every named prediction, and the method's own maps, as one PNG per image.
+    Explain(explain::ExplainArgs),
     /// Image destructions and transforms.
     Augment {
         #[command(subcommand)]
@@ -100,6 +104,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::train(&args),
         Command::Eval(args) => train::eval(&args),
         Command::Predict(args) => predict::predict(&args),
+        Command::Explain(args) => explain::explain(&args),
         Command::Augment {
             command: AugmentCommand::Preview(args),
         } => preview::run(&args),

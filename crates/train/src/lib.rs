@@ -10,6 +10,7 @@
 //!   [`Baseline`](methods::baseline::Baseline) is plain fine-tuning.
 //! * [`registry`]: the one table of methods (name, options type, check, build, presets) that configurations,
 //!   the trainer, the CLI and xtask read; [`registry::register`] adds one from outside this crate.
+//! * [`explain`]: Grad-CAM heatmaps of every named prediction and the methods' own maps, rendered as PNGs.
 //! * [`eval`]: top-1, top-5, per-class and mean per-class accuracy, confusion matrices, for every named
 //!   prediction.
 //! * [`Trainer`]: epochs, schedule, model selection on a validation split (or, flagged, the papers'
@@ -36,6 +37,7 @@ pub mod data;
 pub mod device;
 mod error;
 pub mod eval;
+pub mod explain;
 pub mod method;
 pub mod methods;
 pub mod metrics;

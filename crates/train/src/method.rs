@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Result, TrainError};
+use crate::explain::Explain;
 use crate::optim::{clip_grad_norm, first_non_finite, GroupSpec, Optimizer, ZeroGrad};
 
 /// What one training step reports.
@@ -94,6 +95,12 @@ pub trait Method {
         _rng: &dyn Fn(u64) -> ChaCha8Rng,
     ) -> Result<Vec<(String, Tensor)>> {
         Ok(Vec::new())
+    }
+
+    /// The method's Grad-CAM support ([`crate::explain`]): itself as an [`Explain`]. By default an error
+    /// saying the method is not explainable.
+    fn explain(&self) -> Result<&dyn Explain> {
+        Err(crate::explain::not_explainable(self.name()))
     }
 }
 

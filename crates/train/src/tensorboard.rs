@@ -37,6 +37,31 @@ pub const PREVIEW_IMAGES: usize = 4;
 /// on. An error is a warning: the run goes on.
 pub type EvalImages = Box<dyn FnMut(&dyn Method) -> Result<Vec<(String, RgbImage)>>>;
 
+/// The evaluation images a run logs by default: Grad-CAM panels ([`crate::explain::render_panels`]) of the
+/// first [`PREVIEW_IMAGES`] images of `loader` (the validation split: fixed images, so the panels of
+/// successive evaluations compare), logged as `explain/gradcam`. `None` when the method is not explainable
+/// or the split is empty. Rendering runs in evaluation mode and draws no random numbers, so the run's
+/// results do not change.
+pub fn gradcam_images(
+    method: &dyn Method,
+    loader: &fgvc_data::Loader,
+) -> Result<Option<EvalImages>> {
+    if method.explain().is_err() {
+        return Ok(None);
+    }
+    let Some(batch) = loader.epoch(0).next() else {
+        return Ok(None);
+    };
+    let images = batch?.images;
+    let images = images.narrow(0, 0, images.dim(0)?.min(PREVIEW_IMAGES))?;
+    let normalize = loader.pipeline().normalize;
+    let options = crate::explain::RenderOptions::default();
+    Ok(Some(Box::new(move |method: &dyn Method| {
+        let grid = crate::explain::render_panels(method, &images, &normalize, None, &options)?;
+        Ok(vec![("gradcam".to_string(), grid)])
+    })))
+}
+
 /// The TensorBoard side of a run: an event file (created with the first event), or nothing when logging
 /// is off or has failed.
 pub struct TbLogger {

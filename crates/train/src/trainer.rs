@@ -181,6 +181,10 @@ impl Trainer {
         } else {
             TbLogger::off()
         };
+        let eval_images = match (&select_loader, config.train.tensorboard) {
+            (Some((_, loader)), true) => crate::tensorboard::gradcam_images(&*method, loader)?,
+            _ => None,
+        };
         let accumulator = Accumulator::new(config.optim.accumulate);
         Ok(Trainer {
             config,
@@ -194,9 +198,7 @@ impl Trainer {
             state,
             log,
             tb,
-            // Issue 18: the integrator connects explain's Grad-CAM renderer of a few fixed validation
-            // images here (or a caller does, with `set_eval_images`).
-            eval_images: None,
+            eval_images,
             accumulator,
             options,
             inference,

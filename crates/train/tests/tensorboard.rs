@@ -173,7 +173,22 @@ fn a_pmg_run_logs_the_metrics_of_metrics_jsonl_and_previews_its_jigsaws() {
     let images: Vec<String> = run.image_tags().into_iter().collect();
     assert_eq!(
         images,
-        ["augment/jigsaw2", "augment/jigsaw4", "augment/jigsaw8"]
+        [
+            "augment/jigsaw2",
+            "augment/jigsaw4",
+            "augment/jigsaw8",
+            "explain/gradcam"
+        ]
+    );
+    // By default, Grad-CAM panels of the first validation images after the evaluation (4 steps in): one
+    // row per image, the image beside the heatmap of each of PMG's five named predictions.
+    let gradcam = run.images("explain/gradcam");
+    assert_eq!(gradcam.iter().map(|p| p.step).collect::<Vec<_>>(), [4]);
+    let grid = gradcam[0].decode("explain/gradcam").unwrap();
+    assert!(
+        grid.width() > 5 * grid.height() / 4,
+        "{:?}",
+        grid.dimensions()
     );
     for n in [8u32, 4, 2] {
         let tag = format!("augment/jigsaw{n}");

@@ -70,6 +70,11 @@ impl Baseline {
         &*self.backbone
     }
 
+    /// The classifier `heads.fc`.
+    pub fn classifier(&self) -> &Linear {
+        &self.fc
+    }
+
     fn logits(&self, images: &Tensor, train: bool, mask: Option<Tensor>) -> Result<Tensor> {
         let mut f = self.backbone.features(images, train)?;
         if let Some(m) = mask {
@@ -174,5 +179,9 @@ impl Method for Baseline {
             weight_decay: None,
             freeze_epochs: 0,
         }]
+    }
+
+    fn explain(&self) -> Result<&dyn crate::explain::Explain> {
+        Ok(self)
     }
 }

@@ -291,4 +291,8 @@ impl Method for Coarse2FineMethod {
         }
         backbone_and_head_groups(&self.store, base_lr, self.options.head_lr_mult, 0)
     }
+
+    fn explain(&self) -> Result<&dyn crate::explain::Explain> {
+        Ok(self)
+    }
 }

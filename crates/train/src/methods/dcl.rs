@@ -461,4 +461,8 @@ impl Method for Dcl {
         let destroyed = self.rcm.apply(images, &mut rng(0)).map_err(augment_error)?;
         Ok(vec![("rcm".into(), destroyed.images)])
     }
+
+    fn explain(&self) -> Result<&dyn crate::explain::Explain> {
+        Ok(self)
+    }
 }

@@ -353,4 +353,8 @@ impl Method for Pmg {
             })
             .collect()
     }
+
+    fn explain(&self) -> Result<&dyn crate::explain::Explain> {
+        Ok(self)
+    }
 }

@@ -328,4 +328,8 @@ impl Method for RmgPmsi {
             })
             .collect()
     }
+
+    fn explain(&self) -> Result<&dyn crate::explain::Explain> {
+        Ok(self)
+    }
 }
