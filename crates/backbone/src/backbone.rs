@@ -60,6 +60,11 @@ pub trait Backbone: Send + Sync {
     /// `(N, channels, H / reduction, W / reduction)`).
     fn forward_stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>>;
 
+    /// The feature maps of the stages after `stage`, run from that stage's map: for `maps =
+    /// forward_stages(x)`, `forward_from(k, &maps[k])` equals `maps[k + 1..]` (empty for the last stage).
+    /// Grad-CAM at a chosen stage reads it. A `stage` out of range is an error.
+    fn forward_from(&self, stage: usize, map: &Tensor, train: bool) -> Result<Vec<Tensor>>;
+
     /// The pooled embedding `(N, num_features)` computed from the last stage's map: what the final linear
     /// layer reads (ResNet and MobileNetV2: global average pool; VGG: pool5, the 7x7 adaptive average pool and
     /// the two 4096-wide layers when it has a classifier, a global average pool of pool5 when headless).
@@ -112,4 +117,12 @@ pub trait Backbone: Send + Sync {
             )
         })
     }
+}
+
+/// The error of [`Backbone::forward_from`] for a stage out of range.
+pub(crate) fn stage_out_of_range(stage: usize, stages: usize) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "forward_from: stage {stage} is out of range: the backbone has {stages} stages (0..={})",
+        stages.saturating_sub(1)
+    ))
 }

@@ -364,6 +364,21 @@ impl Backbone for MobileNetV2 {
         Ok(out)
     }
 
+    fn forward_from(&self, stage: usize, map: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let Some(&end) = STAGE_ENDS.get(stage) else {
+            return Err(crate::backbone::stage_out_of_range(stage, STAGE_ENDS.len()));
+        };
+        let mut out = Vec::with_capacity(STAGE_ENDS.len() - stage - 1);
+        let mut y = map.clone();
+        for (i, f) in self.features.iter().enumerate().skip(end + 1) {
+            y = f.forward_t(&y, train)?;
+            if STAGE_ENDS.contains(&i) {
+                out.push(y.clone());
+            }
+        }
+        Ok(out)
+    }
+
     fn pool(&self, last_stage: &Tensor, _train: bool) -> Result<Tensor> {
         global_avg_pool(last_stage)
     }

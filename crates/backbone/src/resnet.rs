@@ -302,6 +302,24 @@ impl Backbone for ResNet {
         Ok(out)
     }
 
+    fn forward_from(&self, stage: usize, map: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        if stage > self.layers.len() {
+            return Err(crate::backbone::stage_out_of_range(
+                stage,
+                self.layers.len() + 1,
+            ));
+        }
+        let mut y = map.clone();
+        let mut out = Vec::with_capacity(self.layers.len() - stage);
+        for blocks in &self.layers[stage..] {
+            for b in blocks {
+                y = b.forward_t(&y, train)?;
+            }
+            out.push(y.clone());
+        }
+        Ok(out)
+    }
+
     fn pool(&self, last_stage: &Tensor, _train: bool) -> Result<Tensor> {
         global_avg_pool(last_stage)
     }

@@ -239,6 +239,22 @@ impl Backbone for Vgg {
         Ok(out)
     }
 
+    fn forward_from(&self, stage: usize, map: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        if stage >= self.blocks.len() {
+            return Err(crate::backbone::stage_out_of_range(
+                stage,
+                self.blocks.len(),
+            ));
+        }
+        let mut y = map.clone();
+        let mut out = Vec::with_capacity(self.blocks.len() - stage - 1);
+        for block in &self.blocks[stage + 1..] {
+            y = block.forward_t(&y, train)?;
+            out.push(y.clone());
+        }
+        Ok(out)
+    }
+
     fn pool(&self, last_stage: &Tensor, train: bool) -> Result<Tensor> {
         match &self.classifier {
             None => global_avg_pool(last_stage),
