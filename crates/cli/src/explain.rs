@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use fgvc_train::device::DeviceChoice;
-use fgvc_train::explain::{explain_files, write_explained, RenderOptions};
+use fgvc_train::explain::{explain_files, write_explained, ExplainOptions, RenderOptions};
 use fgvc_train::predict::image_files;
 
 use crate::output::outln;
@@ -28,6 +28,10 @@ pub struct ExplainArgs {
     /// Explain this class (its index) in every heatmap instead of each prediction's predicted class.
     #[arg(long)]
     pub class: Option<usize>,
+    /// Grad-CAM at this backbone stage (`layer3`; the names are the backbone's stages) instead of the maps
+    /// each prediction reads: a shallower, finer map.
+    #[arg(long)]
+    pub layer: Option<String>,
     /// Replace files of the same names already in `--out`; without it they are an error and nothing is
     /// written.
     #[arg(long)]
@@ -43,7 +47,11 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
     let device = args.device.open()?;
     let predictor = restore(&args.checkpoint, None, &[], &device)?;
     let images = image_files(&args.images)?;
-    let results = explain_files(&predictor, &images, args.class, &RenderOptions::default())?;
+    let what = ExplainOptions {
+        class: args.class,
+        layer: args.layer.clone(),
+    };
+    let results = explain_files(&predictor, &images, &what, &RenderOptions::default())?;
     let written = write_explained(&args.out, &results, args.overwrite)?;
     let mut pngs = written.iter();
     for r in &results {

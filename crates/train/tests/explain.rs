@@ -510,3 +510,47 @@ fn a_method_without_grad_cam_support_is_named_in_the_error() {
         .to_string();
     assert!(err.contains("\"opaque\" is not explainable"), "{err}");
 }
+
+/// Grad-CAM at a named stage: at the deepest stage the baseline's heatmap is the default one; at `layer3`
+/// PMG's predictions that read `layer3` or later get their CAM there and `classifier1` (on `layer2`) none; an
+/// unknown stage is an error listing the stages.
+#[test]
+fn grad_cam_at_a_chosen_stage() {
+    let method = Baseline::new(&resnet(8), 3, store(3)).unwrap();
+    let x = images(2, 64, 6);
+    let at = |layer: &str| explain::ExplainOptions {
+        class: Some(1),
+        layer: Some(layer.into()),
+    };
+    let default = explain::explain(&method, &x, Some(1)).unwrap();
+    let deepest = explain::explain_with(&method, &x, &at("layer4")).unwrap();
+    assert_eq!(deepest.heatmaps[0].layers[0].name, "layer4");
+    assert!(max_abs_diff(&default.heatmaps[0].map, &deepest.heatmaps[0].map) < 1e-6);
+    let shallow = explain::explain_with(&method, &x, &at("layer2")).unwrap();
+    assert_eq!(shallow.heatmaps[0].layers[0].name, "layer2");
+    assert_eq!(shallow.heatmaps[0].layers[0].cam.dims(), &[2, 8, 8]);
+    assert_eq!(
+        shallow.heatmaps[0].probabilities,
+        default.heatmaps[0].probabilities
+    );
+
+    let pmg = tiny_pmg();
+    let ex = explain::explain_with(&pmg, &x, &at("layer3")).unwrap();
+    let reads = |p: &str| -> Vec<String> {
+        let h = ex.heatmaps.iter().find(|h| h.prediction == p).unwrap();
+        h.layers.iter().map(|l| l.name.clone()).collect()
+    };
+    assert!(reads("classifier1").is_empty());
+    assert_eq!(reads("classifier2"), ["layer3"]);
+    assert_eq!(reads("classifier3"), ["layer3"]);
+    assert_eq!(reads("concat"), ["layer3"]);
+
+    let err = explain::explain_with(&method, &x, &at("layer9"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown layer \"layer9\"")
+            && err.contains("stem, layer1, layer2, layer3, layer4"),
+        "{err}"
+    );
+}

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use image::RgbImage;
 use serde::Serialize;
 
-use super::gradcam::explain;
+use super::gradcam::{explain_with, ExplainOptions};
 use super::render::{render_image, PanelInfo, RenderOptions};
 use crate::error::{Result, TrainError};
 use crate::predict::Predictor;
@@ -49,13 +49,13 @@ pub struct ExplainedImage {
 }
 
 /// Explains image files with `predictor`'s model in batches of [`Predictor::batch_size`]: Grad-CAM of every
-/// named prediction for its predicted class, or `class`, and the method's panels, rendered per image. A file
+/// named prediction for its predicted class, or the class of `explain` and at its layer, and the method's panels, rendered per image. A file
 /// that cannot be read gets its error in [`ExplainedImage::result`] and the others are still explained; a
 /// failure of the model, a class out of range and a method that is not explainable are errors of the call.
 pub fn explain_files(
     predictor: &Predictor,
     paths: &[PathBuf],
-    class: Option<usize>,
+    explain: &ExplainOptions,
     options: &RenderOptions,
 ) -> Result<Vec<ExplainedImage>> {
     let normalize = predictor.config().data.pipelines()?.1.normalize;
@@ -76,7 +76,7 @@ pub fn explain_files(
             Some(Tensor::cat(&good, 0)?)
         };
         let explanation = match &batch {
-            Some(b) => Some(explain(predictor.method(), b, class)?),
+            Some(b) => Some(explain_with(predictor.method(), b, explain)?),
             None => None,
         };
         let mut row = 0;

@@ -17,7 +17,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use fgvc_heads::interp::{box_sampling_weights, resize_bilinear};
 
-use super::{FeatureMap, Panel, PanelContent};
+use super::{FeatureMap, Panel, PanelContent, StageOf};
 use crate::error::{Result, TrainError};
 use crate::method::Method;
 
@@ -58,11 +58,35 @@ pub struct Explanation {
     pub panels: Vec<Panel>,
 }
 
+/// What [`explain_with`] explains: which class and at which backbone stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExplainOptions {
+    /// The class every heatmap explains; each prediction's arg-max when `None`.
+    pub class: Option<usize>,
+    /// The backbone stage Grad-CAM differentiates at (`layer3`, `stage4`, `block3`: a name of
+    /// [`Backbone::stage_names`](fgvc_backbone::Backbone::stage_names)); when `None`, the maps each
+    /// prediction reads. A stage before a map the heads read gets its gradient through the backbone's later
+    /// stages ([`Backbone::forward_from`](fgvc_backbone::Backbone::forward_from)); a prediction that only
+    /// reads maps before it gets an empty heatmap.
+    pub layer: Option<String>,
+}
+
 /// The Grad-CAM heatmap of every named prediction of `method` on `images` `[N, 3, H, W]` (normalised as the
 /// method's evaluation pipeline normalises), for each prediction's predicted class or for `class`, with the
-/// method's own panels. A class out of range, and a method that does not implement
-/// [`Explain`](super::Explain), are errors.
+/// method's own panels: [`explain_with`] at the maps the predictions read.
 pub fn explain(method: &dyn Method, images: &Tensor, class: Option<usize>) -> Result<Explanation> {
+    explain_with(method, images, &ExplainOptions { class, layer: None })
+}
+
+/// The Grad-CAM heatmap of every named prediction of `method` on `images` `[N, 3, H, W]`, for the class
+/// and at the backbone stage of `options`, with the method's own panels. A class out of range, a stage the
+/// backbone does not have, and a method that does not implement [`Explain`](super::Explain) (or, for a
+/// stage, does not expose its backbone) are errors.
+pub fn explain_with(
+    method: &dyn Method,
+    images: &Tensor,
+    options: &ExplainOptions,
+) -> Result<Explanation> {
     let (n, _, h, w) = images.dims4()?;
     if n == 0 {
         return Err(TrainError::Msg("explain: no image to explain".into()));
@@ -75,20 +99,18 @@ pub fn explain(method: &dyn Method, images: &Tensor, class: Option<usize>) -> Re
             method.name()
         )));
     }
-    let vars = taps
-        .maps
-        .iter()
-        .map(|m| Var::from_tensor(&m.map.detach()))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let predictions = explainer.heads(&inputs)?;
+    let targets = match &options.layer {
+        None => at_taps(&taps.maps)?,
+        Some(layer) => at_stage(method.name(), explainer, &taps.maps, layer)?,
+    };
+    let predictions = explainer.heads(&targets.inputs)?;
     let mut heatmaps = Vec::with_capacity(predictions.heads.len());
     for (name, logits) in &predictions.heads {
-        let (classes, probabilities, score) = class_scores(name, logits, class)?;
+        let (classes, probabilities, score) = class_scores(name, logits, options.class)?;
         let grads = score.backward()?;
         let mut total: Option<Tensor> = None;
         let mut layers = Vec::new();
-        for (tap, var) in taps.maps.iter().zip(&inputs) {
+        for (tap, var) in &targets.cams {
             let Some(grad) = grads.get(var) else {
                 continue;
             };
@@ -125,6 +147,119 @@ pub fn explain(method: &dyn Method, images: &Tensor, class: Option<usize>) -> Re
         size: (h, w),
         heatmaps,
         panels,
+    })
+}
+
+/// What the heads read and what Grad-CAM differentiates at.
+struct Targets {
+    /// The maps the heads read, in [`Taps::maps`](super::Taps::maps)'s order.
+    inputs: Vec<Tensor>,
+    /// The maps Grad-CAM is computed at, each with the `Var` whose gradient it reads.
+    cams: Vec<(FeatureMap, Tensor)>,
+}
+
+/// Grad-CAM at the maps the heads read: each enters them as a `Var`.
+fn at_taps(maps: &[FeatureMap]) -> Result<Targets> {
+    let vars = maps
+        .iter()
+        .map(|m| Var::from_tensor(&m.map.detach()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    Ok(Targets {
+        cams: maps.iter().cloned().zip(inputs.iter().cloned()).collect(),
+        inputs,
+    })
+}
+
+/// Grad-CAM at backbone stage `layer` of every input the taps come from: its map enters as a `Var`, the
+/// taps of later stages are recomputed from it ([`Backbone::forward_from`](fgvc_backbone::Backbone::forward_from)),
+/// those of earlier stages enter as constants.
+fn at_stage(
+    method: &str,
+    explainer: &dyn super::Explain,
+    maps: &[FeatureMap],
+    layer: &str,
+) -> Result<Targets> {
+    let backbone = explainer.backbone().ok_or_else(|| {
+        TrainError::Msg(format!(
+            "explain: method {method:?} does not expose its backbone, so Grad-CAM cannot target layer {layer:?}"
+        ))
+    })?;
+    let names = backbone.stage_names();
+    let target = names.iter().position(|n| n == layer).ok_or_else(|| {
+        TrainError::Msg(format!(
+            "explain: unknown layer {layer:?}: the backbone's stages are {}",
+            names.join(", ")
+        ))
+    })?;
+    let mut inputs: Vec<Option<Tensor>> = vec![None; maps.len()];
+    let mut cams = Vec::new();
+    let mut done = vec![false; maps.len()];
+    for i in 0..maps.len() {
+        if done[i] {
+            continue;
+        }
+        let Some(of) = &maps[i].stage else {
+            return Err(TrainError::Msg(format!(
+                "explain: feature map {:?} of method {method:?} is not a backbone stage, so Grad-CAM cannot \
+                 target layer {layer:?}",
+                maps[i].name
+            )));
+        };
+        // Every tap of the same input (the same images tensor) shares one backbone pass.
+        let group: Vec<usize> = (i..maps.len())
+            .filter(|&j| {
+                maps[j]
+                    .stage
+                    .as_ref()
+                    .is_some_and(|o| o.input.id() == of.input.id())
+            })
+            .collect();
+        let needs = group
+            .iter()
+            .any(|&j| maps[j].stage.as_ref().is_some_and(|o| o.index >= target));
+        let later = if needs {
+            let stage = backbone
+                .forward_stages(&of.input, false)?
+                .into_iter()
+                .nth(target)
+                .ok_or_else(|| {
+                    TrainError::Msg("explain: the backbone returned too few stages".into())
+                })?;
+            let var = Var::from_tensor(&stage.detach())?.as_tensor().clone();
+            let rest = backbone.forward_from(target, &var, false)?;
+            cams.push((
+                FeatureMap {
+                    name: format!("{}{layer}", of.prefix),
+                    map: stage,
+                    window: maps[i].window.clone(),
+                    stage: Some(StageOf {
+                        index: target,
+                        ..of.clone()
+                    }),
+                },
+                var.clone(),
+            ));
+            std::iter::once(var).chain(rest).collect::<Vec<_>>()
+        } else {
+            Vec::new()
+        };
+        for j in group {
+            let index = maps[j].stage.as_ref().map_or(0, |o| o.index);
+            inputs[j] = Some(if index >= target {
+                later[index - target].clone()
+            } else {
+                maps[j].map.detach()
+            });
+            done[j] = true;
+        }
+    }
+    Ok(Targets {
+        inputs: inputs
+            .into_iter()
+            .map(|m| m.expect("every tap is set"))
+            .collect(),
+        cams,
     })
 }
 

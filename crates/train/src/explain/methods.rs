@@ -5,7 +5,7 @@ use candle_core::{Tensor, D};
 use fgvc_backbone::Backbone;
 use fgvc_heads::dcl::LocationHead;
 
-use super::{Explain, FeatureMap, Panel, PanelContent, Taps};
+use super::{Explain, FeatureMap, Panel, PanelContent, StageOf, Taps};
 use crate::error::{Result, TrainError};
 use crate::method::Predictions;
 use crate::methods::baseline::Baseline;
@@ -36,8 +36,16 @@ fn last_stages(
     Ok(stages
         .into_iter()
         .zip(names)
+        .enumerate()
         .skip(skip)
-        .map(|(map, name)| FeatureMap::whole(format!("{prefix}{name}"), map))
+        .map(|(index, (map, name))| {
+            let of = StageOf {
+                input: images.clone(),
+                index,
+                prefix: prefix.to_string(),
+            };
+            FeatureMap::stage(format!("{prefix}{name}"), map, of)
+        })
         .collect())
 }
 
@@ -54,6 +62,10 @@ fn check_maps(method: &str, maps: &[Tensor], expected: usize) -> Result<()> {
 }
 
 impl Explain for Baseline {
+    fn backbone(&self) -> Option<&dyn Backbone> {
+        Some(self.backbone())
+    }
+
     /// The deepest stage, which the pool and the classifier read.
     fn taps(&self, images: &Tensor) -> Result<Taps> {
         Ok(Taps {
@@ -73,6 +85,10 @@ impl Explain for Baseline {
 }
 
 impl Explain for Pmg {
+    fn backbone(&self) -> Option<&dyn Backbone> {
+        Some(self.backbone())
+    }
+
     /// The S stages the blocks read: `classifier{l}` reads stage l, `concat` and `combined` all of them.
     fn taps(&self, images: &Tensor) -> Result<Taps> {
         let s = self.head().config().num_stages();
@@ -94,6 +110,10 @@ impl Explain for Pmg {
 }
 
 impl Explain for RmgPmsi {
+    fn backbone(&self) -> Option<&dyn Backbone> {
+        Some(self.backbone())
+    }
+
     /// The S stages the blocks read; MSI couples them, so every prediction reads all of them.
     fn taps(&self, images: &Tensor) -> Result<Taps> {
         let s = self.head().config().in_channels.len();
@@ -115,6 +135,10 @@ impl Explain for RmgPmsi {
 }
 
 impl Explain for Dcl {
+    fn backbone(&self) -> Option<&dyn Backbone> {
+        Some(self.backbone())
+    }
+
     /// The deepest stage, and, when the location loss trains it (`gamma > 0`), the region-alignment head's
     /// prediction: per region, the original region it takes the region shown there for (official head: the
     /// row-major index decoded from the swap law, `0..N²`; paper head: the row and the column, `1..=N`). On an
@@ -173,6 +197,10 @@ impl Explain for Dcl {
 }
 
 impl Explain for Coarse2FineMethod {
+    fn backbone(&self) -> Option<&dyn Backbone> {
+        Some(self.backbone())
+    }
+
     /// The deepest stage of the image (`coarse`) and of the zoomed image (`fine`, its window the zoom box);
     /// `combined` reads both. Panels: the mean of the coarse attention maps and the strongest few (by their
     /// mass), the inverse mapping's region map, the zoom box on the image and the zoomed image.

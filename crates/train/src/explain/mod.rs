@@ -35,13 +35,14 @@ mod methods;
 mod render;
 
 use candle_core::Tensor;
+use fgvc_backbone::Backbone;
 
 use crate::error::{Result, TrainError};
 use crate::method::Predictions;
 
 pub use colormap::turbo;
 pub use files::{explain_files, write_explained, Explained, ExplainedImage, ExplainedPanel};
-pub use gradcam::{explain, Explanation, Heatmap, LayerCam};
+pub use gradcam::{explain, explain_with, ExplainOptions, Explanation, Heatmap, LayerCam};
 pub use render::{render_image, render_panels, PanelInfo, PanelKind, RenderOptions};
 
 /// Grad-CAM support of a method: its evaluation forward pass split at the feature maps its named predictions
@@ -58,6 +59,12 @@ pub trait Explain {
     /// The named predictions computed from `maps`, the tensors of [`Taps::maps`] in order (as `Var`s of the
     /// same values): the names, order and values of [`Method::predict`](crate::Method::predict).
     fn heads(&self, maps: &[Tensor]) -> Result<Predictions>;
+
+    /// The backbone whose stage maps [`Explain::taps`] returns (those with a [`FeatureMap::stage`]), so that
+    /// Grad-CAM can target another of its stages ([`ExplainOptions::layer`]); `None` when there is none.
+    fn backbone(&self) -> Option<&dyn Backbone> {
+        None
+    }
 }
 
 /// What [`Explain::taps`] returns: the feature maps and the method's own panels.
@@ -79,6 +86,20 @@ pub struct FeatureMap {
     /// The part of the input the map sees, when not the whole image: boxes `[N, 4]` `(y0, x0, y1, x1)` in
     /// input pixels (pixel-edge coordinates), as Coarse2Fine's zoom crops them.
     pub window: Option<Tensor>,
+    /// Which backbone stage of which input the map is, when it is one: what Grad-CAM at a chosen stage
+    /// reruns the backbone from.
+    pub stage: Option<StageOf>,
+}
+
+/// Where a [`FeatureMap`] comes from: stage `index` of [`Explain::backbone`] run on `input`.
+#[derive(Debug, Clone)]
+pub struct StageOf {
+    /// The images the backbone ran on (the input, or Coarse2Fine's zoomed images).
+    pub input: Tensor,
+    /// The stage's index in [`Backbone::stage_info`].
+    pub index: usize,
+    /// What the map's name puts before the stage name (`"zoom "`), given to the maps of other stages.
+    pub prefix: String,
 }
 
 impl FeatureMap {
@@ -88,6 +109,15 @@ impl FeatureMap {
             name: name.into(),
             map,
             window: None,
+            stage: None,
+        }
+    }
+
+    /// Stage `index` of `input`, named `{prefix}{stage name}`.
+    pub fn stage(name: impl Into<String>, map: Tensor, of: StageOf) -> Self {
+        FeatureMap {
+            stage: Some(of),
+            ..FeatureMap::whole(name, map)
         }
     }
 }
