@@ -1,10 +1,11 @@
 //! `fgvc`: the command line of the fgvc toolkit.
 //!
 //! `fgvc train` trains a method (by default the embedded synthetic baseline, on the CPU in minutes),
-//! `fgvc eval` evaluates a run or checkpoint, `fgvc predict` classifies images; `fgvc augment preview` renders
+//! `fgvc eval` evaluates a run or checkpoint, `fgvc predict` classifies images, `fgvc export` writes an ONNX graph or inference weights; `fgvc augment preview` renders
 //! the destructions the methods train on and `fgvc data verify` checks a downloaded dataset.
 
 mod data;
+mod export;
 mod output;
 mod predict;
 mod preview;
@@ -34,6 +35,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Classify images with a trained checkpoint.
     Predict(predict::PredictArgs),
+    /// Export a checkpoint as an ONNX graph or inference-only safetensors weights.
+    Export(export::ExportArgs),
     /// Image destructions and transforms.
     Augment {
         #[command(subcommand)]
@@ -100,6 +103,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::train(&args),
         Command::Eval(args) => train::eval(&args),
         Command::Predict(args) => predict::predict(&args),
+        Command::Export(args) => export::run(&args),
         Command::Augment {
             command: AugmentCommand::Preview(args),
         } => preview::run(&args),
