@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod device_arg;
 pub mod download;
 pub mod extract;
+pub mod protos;
 pub mod synthetic_table;
 pub mod train_cub;
 

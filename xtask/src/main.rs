@@ -11,7 +11,8 @@
 //! - `synthetic-table`: the baseline and every method on the synthetic dataset with one budget (the table
 //!   in docs/methods.md);
 //! - `fuzz [TARGET...] [--seconds 60]`: the cargo-fuzz targets of `fuzz/`, each for a bounded time with
-//!   libFuzzer's memory limits (see docs/fuzzing.md).
+//!   libFuzzer's memory limits (see docs/fuzzing.md);
+//! - `protos [--check]`: the committed protobuf code (ONNX), regenerated with protox and prost-build.
 
 mod bench;
 mod fuzz;
@@ -63,6 +64,12 @@ enum Task {
     /// Run the cargo-fuzz targets (pth, mat5, checkpoint, config, decode) for a bounded time each, with
     /// libFuzzer's memory limits; installs cargo-fuzz when missing. docs/fuzzing.md has the results.
     Fuzz(fuzz::FuzzArgs),
+    /// Regenerate the committed Rust code of the protobuf schemas (ONNX) with protox and prost-build.
+    Protos {
+        /// Only check that the committed code is up to date.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Args)]
@@ -124,6 +131,7 @@ fn main() -> Result<()> {
         Task::SyntheticTable(args) => xtask::synthetic_table::run(&args),
         Task::TrainCub(args) => xtask::train_cub::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Protos { check } => xtask::protos::run(check),
         Task::Download {
             dataset,
             dir,

@@ -1,6 +1,7 @@
 //! The [`Backbone`] trait every network implements, and the description of its stages.
 
 use candle_core::{Result, Tensor};
+use fgvc_onnx::{ExportError, Graph, Value};
 
 /// One stage of a backbone: where its feature map is tapped, how many channels it has and how much smaller
 /// than the input it is (timm's `feature_info`).
@@ -104,6 +105,32 @@ pub trait Backbone: Send + Sync {
         self.pool(last, train)
     }
 
+    /// The ONNX graph of [`Backbone::forward_stages`] in evaluation mode on the graph value `x`
+    /// `(N, 3, H, W)`: one value per stage, as the forward returns them. The default is an error naming
+    /// the type, for backbones without an export.
+    fn export_stages(&self, _g: &mut Graph, _x: &Value) -> fgvc_onnx::Result<Vec<Value>> {
+        Err(not_exportable::<Self>())
+    }
+
+    /// The ONNX graph of [`Backbone::pool`] in evaluation mode.
+    fn export_pool(&self, _g: &mut Graph, _last_stage: &Value) -> fgvc_onnx::Result<Value> {
+        Err(not_exportable::<Self>())
+    }
+
+    /// The ONNX graph of [`Backbone::classify`] in evaluation mode (`None` when headless).
+    fn export_classify(&self, _g: &mut Graph, _pooled: &Value) -> fgvc_onnx::Result<Option<Value>> {
+        Err(not_exportable::<Self>())
+    }
+
+    /// The ONNX graph of [`Backbone::features`]: `export_pool(export_stages(x).last())`.
+    fn export_features(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        let stages = self.export_stages(g, x)?;
+        let last = stages
+            .last()
+            .ok_or_else(|| ExportError::Unsupported("a backbone without stages".into()))?;
+        self.export_pool(g, last)
+    }
+
     /// The logits of `x`, torchvision's `model(x)`; an error for a headless backbone.
     ///
     /// [`crate::ResNet`], [`crate::Vgg`] and [`crate::MobileNetV2`] also implement candle's
@@ -124,5 +151,13 @@ pub(crate) fn stage_out_of_range(stage: usize, stages: usize) -> candle_core::Er
     candle_core::Error::Msg(format!(
         "forward_from: stage {stage} is out of range: the backbone has {stages} stages (0..={})",
         stages.saturating_sub(1)
+    ))
+}
+
+/// The error of a backbone type without an ONNX export.
+fn not_exportable<T: ?Sized>() -> ExportError {
+    ExportError::Unsupported(format!(
+        "the backbone {} has no ONNX export (Backbone::export_stages)",
+        std::any::type_name::<T>()
     ))
 }

@@ -6,6 +6,7 @@ use fgvc_ops::{
 };
 
 use crate::backbone::{Backbone, StageInfo};
+use fgvc_onnx::{Graph, Value};
 use fgvc_ops::Dropout;
 
 /// torchvision's inverted-residual table: expansion `t`, channels `c`, repeats `n`, first stride `s`.
@@ -112,6 +113,23 @@ impl ConvBn {
     }
 }
 
+impl ConvBn {
+    /// The ONNX graph of `forward_with(x, residual, false)`, the BatchNorm folded into the conv.
+    fn export(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        residual: Option<&Value>,
+    ) -> fgvc_onnx::Result<Value> {
+        let act = if self.act {
+            Activation::Relu6
+        } else {
+            Activation::Identity
+        };
+        self.bn.export_conv(&self.conv, g, x, residual, act)
+    }
+}
+
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_with(x, None, train)
@@ -184,6 +202,18 @@ impl ModuleT for InvertedResidual {
         // The projection's BatchNorm adds the shortcut in its own pass.
         let residual = self.residual.then_some(x);
         project.forward_with(&y, residual, train)
+    }
+}
+
+impl InvertedResidual {
+    /// The ONNX graph of `forward_t(x, false)`.
+    fn export(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        let (project, rest) = self.layers.split_last().expect("a projection layer");
+        let mut y = x.clone();
+        for l in rest {
+            y = l.export(g, &y, None)?;
+        }
+        project.export(g, &y, self.residual.then_some(x))
     }
 }
 
@@ -388,6 +418,33 @@ impl Backbone for MobileNetV2 {
             Some(fc) => Ok(Some(fc.forward(&self.dropout.forward_t(pooled, train)?)?)),
             None => Ok(None),
         }
+    }
+
+    fn export_stages(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(STAGE_ENDS.len());
+        let mut y = x.clone();
+        for (i, f) in self.features.iter().enumerate() {
+            y = match f {
+                Feature::Conv(c) => c.export(g, &y, None)?,
+                Feature::Block(b) => b.export(g, &y)?,
+            };
+            if STAGE_ENDS.contains(&i) {
+                out.push(y.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn export_pool(&self, g: &mut Graph, last_stage: &Value) -> fgvc_onnx::Result<Value> {
+        fgvc_ops::export::export_global_avg_pool(g, last_stage)
+    }
+
+    /// Dropout is the identity in evaluation mode.
+    fn export_classify(&self, g: &mut Graph, pooled: &Value) -> fgvc_onnx::Result<Option<Value>> {
+        self.classifier
+            .as_ref()
+            .map(|fc| fc.export(g, pooled))
+            .transpose()
     }
 
     fn num_features(&self) -> usize {

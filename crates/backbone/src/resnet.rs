@@ -6,6 +6,7 @@ use fgvc_ops::{
 };
 
 use crate::backbone::{Backbone, StageInfo};
+use fgvc_onnx::{Graph, Value};
 
 /// The residual block type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +158,23 @@ impl ModuleT for Block {
         // relu(bn(conv(y)) + identity), the BatchNorm with its add and activation in one op.
         let (c, bn) = last;
         bn.forward_act(&c.forward(&y)?, Some(&identity), Activation::Relu, train)
+    }
+}
+
+impl Block {
+    /// The ONNX graph of `forward_t(x, false)`, every BatchNorm folded into its conv.
+    fn export(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        let identity = match &self.downsample {
+            Some((c, bn)) => bn.export_conv(c, g, x, None, Activation::Identity)?,
+            None => x.clone(),
+        };
+        let (last, rest) = self.convs.split_last().expect("a block has convs");
+        let mut y = x.clone();
+        for (c, bn) in rest {
+            y = bn.export_conv(c, g, &y, None, Activation::Relu)?;
+        }
+        let (c, bn) = last;
+        bn.export_conv(c, g, &y, Some(&identity), Activation::Relu)
     }
 }
 
@@ -326,6 +344,30 @@ impl Backbone for ResNet {
 
     fn classify(&self, pooled: &Tensor, _train: bool) -> Result<Option<Tensor>> {
         self.fc.as_ref().map(|fc| fc.forward(pooled)).transpose()
+    }
+
+    fn export_stages(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Vec<Value>> {
+        let stem = self
+            .bn1
+            .export_conv(&self.conv1, g, x, None, Activation::Relu)?;
+        let mut y = fgvc_ops::export::export_max_pool2d(g, &stem, 3, 2, 1)?;
+        let mut out = Vec::with_capacity(5);
+        out.push(y.clone());
+        for blocks in &self.layers {
+            for b in blocks {
+                y = b.export(g, &y)?;
+            }
+            out.push(y.clone());
+        }
+        Ok(out)
+    }
+
+    fn export_pool(&self, g: &mut Graph, last_stage: &Value) -> fgvc_onnx::Result<Value> {
+        fgvc_ops::export::export_global_avg_pool(g, last_stage)
+    }
+
+    fn export_classify(&self, g: &mut Graph, pooled: &Value) -> fgvc_onnx::Result<Option<Value>> {
+        self.fc.as_ref().map(|fc| fc.export(g, pooled)).transpose()
     }
 
     fn num_features(&self) -> usize {

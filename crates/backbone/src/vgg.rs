@@ -7,6 +7,8 @@ use fgvc_ops::{
 };
 
 use crate::backbone::{Backbone, StageInfo};
+use fgvc_onnx::{Graph, Value};
+use fgvc_ops::export::{export_adaptive_avg_pool2d, export_global_avg_pool, export_max_pool2d};
 use fgvc_ops::Dropout;
 
 /// torchvision's configuration "D": the conv widths of VGG-16's five blocks.
@@ -61,6 +63,19 @@ impl ModuleT for ConvUnit {
     }
 }
 
+impl ConvUnit {
+    /// The ONNX graph of `forward_t(x, false)` (the BatchNorm folded into the conv).
+    fn export(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        match &self.bn {
+            Some(bn) => bn.export_conv(&self.conv, g, x, None, Activation::Relu),
+            None => {
+                let y = self.conv.export(g, x)?;
+                Ok(g.relu(&y))
+            }
+        }
+    }
+}
+
 /// One of VGG's five conv blocks: the previous block's 2x2 max pool (all but the first), then its conv
 /// units. Its output is the stage map, before the block's own pool.
 #[derive(Debug, Clone)]
@@ -78,6 +93,21 @@ impl ModuleT for VggBlock {
         };
         for u in &self.units {
             y = u.forward_t(&y, train)?;
+        }
+        Ok(y)
+    }
+}
+
+impl VggBlock {
+    /// The ONNX graph of `forward_t(x, false)`.
+    fn export(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        let mut y = if self.pool_first {
+            export_max_pool2d(g, x, 2, 2, 0)?
+        } else {
+            x.clone()
+        };
+        for u in &self.units {
+            y = u.export(g, &y)?;
         }
         Ok(y)
     }
@@ -271,6 +301,39 @@ impl Backbone for Vgg {
         self.classifier
             .as_ref()
             .map(|c| c.fc3.forward(pooled))
+            .transpose()
+    }
+
+    fn export_stages(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(5);
+        let mut y = x.clone();
+        for block in &self.blocks {
+            y = block.export(g, &y)?;
+            out.push(y.clone());
+        }
+        Ok(out)
+    }
+
+    /// Dropout is the identity in evaluation mode.
+    fn export_pool(&self, g: &mut Graph, last_stage: &Value) -> fgvc_onnx::Result<Value> {
+        match &self.classifier {
+            None => export_global_avg_pool(g, last_stage),
+            Some(c) => {
+                let y = export_max_pool2d(g, last_stage, 2, 2, 0)?;
+                let y = export_adaptive_avg_pool2d(g, &y, (7, 7))?;
+                let y = g.flatten(&y)?;
+                let y = c.fc1.export(g, &y)?;
+                let y = g.relu(&y);
+                let y = c.fc2.export(g, &y)?;
+                Ok(g.relu(&y))
+            }
+        }
+    }
+
+    fn export_classify(&self, g: &mut Graph, pooled: &Value) -> fgvc_onnx::Result<Option<Value>> {
+        self.classifier
+            .as_ref()
+            .map(|c| c.fc3.export(g, pooled))
             .transpose()
     }
 

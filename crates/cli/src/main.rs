@@ -2,11 +2,12 @@
 //!
 //! `fgvc train` trains a method (by default the embedded synthetic baseline, on the CPU in minutes),
 //! `fgvc eval` evaluates a run or checkpoint, `fgvc predict` classifies images, `fgvc explain` shows where
-//! the model looks; `fgvc augment preview` renders the destructions the methods train on and `fgvc data
-//! verify` checks a downloaded dataset.
+//! the model looks, `fgvc export` writes an ONNX graph or inference weights; `fgvc augment preview` renders
+//! the destructions the methods train on and `fgvc data verify` checks a downloaded dataset.
 
 mod data;
 mod explain;
+mod export;
 mod output;
 mod predict;
 mod preview;
@@ -38,6 +39,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Grad-CAM heatmaps of every named prediction, and the method's own maps, as one PNG per image.
     Explain(explain::ExplainArgs),
+    /// Export a checkpoint as an ONNX graph or inference-only safetensors weights.
+    Export(export::ExportArgs),
     /// Image destructions and transforms.
     Augment {
         #[command(subcommand)]
@@ -105,6 +108,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => train::eval(&args),
         Command::Predict(args) => predict::predict(&args),
         Command::Explain(args) => explain::explain(&args),
+        Command::Export(args) => export::run(&args),
         Command::Augment {
             command: AugmentCommand::Preview(args),
         } => preview::run(&args),

@@ -2,6 +2,7 @@
 //! BN-Linear-BN-ELU-Linear classifier and a seeded dropout.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
+use fgvc_onnx::{Graph, Value};
 use fgvc_ops::{
     global_max_pool, Activation, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Params,
 };
@@ -95,6 +96,16 @@ impl BasicConv {
         self.bn.forward_conv(&self.conv, x, act, train)
     }
 
+    /// The ONNX graph of `forward_t(x, false)`: the BatchNorm folded into the conv, then the ReLU.
+    pub fn export(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        let act = if self.relu {
+            Activation::Relu
+        } else {
+            Activation::Identity
+        };
+        self.bn.export_conv(&self.conv, g, x, None, act)
+    }
+
     /// The convolution.
     pub fn conv(&self) -> &Conv2d {
         &self.conv
@@ -141,6 +152,18 @@ impl StageBlock {
         global_max_pool(&self.forward_t(x, train)?)
     }
 
+    /// The ONNX graph of `forward_t(x, false)`.
+    pub fn export(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        let y = self.reduce.export(g, x)?;
+        self.expand.export(g, &y)
+    }
+
+    /// The ONNX graph of `forward_pooled(x, false)`.
+    pub fn export_pooled(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        let y = self.export(g, x)?;
+        fgvc_ops::export::export_global_max_pool(g, &y)
+    }
+
     /// The 1x1 and 3x3 `BasicConv`s.
     pub fn convs(&self) -> [&BasicConv; 2] {
         [&self.reduce, &self.expand]
@@ -181,6 +204,15 @@ impl EluClassifier {
         let x = self.fc1.forward(&self.bn_in.forward_t(x, train)?)?;
         let x = self.bn_hidden.forward_t(&x, train)?.elu(1.0)?;
         self.fc2.forward(&x)
+    }
+
+    /// The ONNX graph of `forward_t(x, false)`.
+    pub fn export(&self, g: &mut Graph, x: &Value) -> fgvc_onnx::Result<Value> {
+        let y = self.bn_in.export(g, x, None, Activation::Identity)?;
+        let y = self.fc1.export(g, &y)?;
+        let y = self.bn_hidden.export(g, &y, None, Activation::Identity)?;
+        let y = g.elu(&y, 1.0);
+        self.fc2.export(g, &y)
     }
 
     /// The two BatchNorm1d layers (input and hidden).
@@ -289,5 +321,25 @@ mod tests {
             EluClassifier::forward_t,
             &features,
         );
+    }
+}
+
+/// The logits of a multi-stage head (PMG, RMG-PMSI) as graph values: one per stage and the concat's.
+#[derive(Debug, Clone)]
+pub struct StageLogitValues {
+    /// `classifier{l}`'s logits, shallow to deep.
+    pub stage_logits: Vec<Value>,
+    /// `classifier_concat`'s logits.
+    pub concat_logits: Value,
+}
+
+impl StageLogitValues {
+    /// The combined prediction, `concat + xc1 + .. + xcS` in that order (as the heads' `combined`).
+    pub fn combined(&self, g: &mut Graph) -> fgvc_onnx::Result<Value> {
+        let mut sum = self.concat_logits.clone();
+        for l in &self.stage_logits {
+            sum = g.add(&sum, l)?;
+        }
+        Ok(sum)
     }
 }

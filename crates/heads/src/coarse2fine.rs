@@ -24,7 +24,8 @@ use candle_core::{Module, Result, Tensor, D};
 use fgvc_ops::{relu, BatchNormConfig, Conv2d, Conv2dConfig, Init, Linear, Params};
 
 use crate::blocks::BasicConv;
-use crate::interp::{resize_bilinear, zoom};
+use crate::interp::{export_resize_bilinear, export_zoom, resize_bilinear, zoom};
+use fgvc_onnx::{Dim, Graph, Value};
 
 /// WS-DAN's `BasicConv2d` BatchNorm: eps 1e-3, momentum 0.1.
 pub const ATTENTION_BN: BatchNormConfig = BatchNormConfig {
@@ -127,6 +128,38 @@ pub fn bilinear_attention_pool(features: &Tensor, maps: &Tensor) -> Result<Tenso
     p.broadcast_div(&norm)
 }
 
+/// The ONNX graph of [`bilinear_attention_pool`] on graph values.
+pub fn export_bilinear_attention_pool(
+    g: &mut Graph,
+    features: &Value,
+    maps: &Value,
+) -> fgvc_onnx::Result<Value> {
+    let op = "BAP";
+    let b = features.shape()[0].clone();
+    let (c, h, w) = (
+        features.fixed_dim(op, 1)?,
+        features.fixed_dim(op, 2)?,
+        features.fixed_dim(op, 3)?,
+    );
+    let m = maps.fixed_dim(op, 1)?;
+    let a = g.reshape(maps, &[b.clone(), Dim::Fixed(m), Dim::Fixed(h * w)])?;
+    let f = g.reshape(features, &[b.clone(), Dim::Fixed(c), Dim::Fixed(h * w)])?;
+    let ft = g.transpose(&f, &[0, 2, 1])?;
+    let p = g.matmul(&a, &ft)?;
+    let p = g.affine(&p, (1.0 / (h * w) as f64) as f32, 0.0)?;
+    let p = g.reshape(&p, &[b, Dim::Fixed(m * c)])?;
+    let sign = g.unary("Sign", &p);
+    let abs = g.unary("Abs", &p);
+    let abs = g.affine(&abs, 1.0, 1e-12)?;
+    let root = g.unary("Sqrt", &abs);
+    let p = g.mul(&sign, &root)?;
+    let sq = g.mul(&p, &p)?;
+    let sum = g.reduce_sum(&sq, &[1], true)?;
+    let sum = g.clip(&sum, 1e-24, f32::MAX)?;
+    let norm = g.unary("Sqrt", &sum);
+    g.div(&p, &norm)
+}
+
 /// The learned inverse mapping from attended feature maps to an input-space region map (our design).
 #[derive(Debug, Clone)]
 pub struct InverseMapping {
@@ -160,6 +193,36 @@ impl InverseMapping {
             .broadcast_mul(&z.unsqueeze(1)?)?
             .reshape((b, m * d, h, w))?;
         self.out.forward(&relu(&self.fuse.forward(&attended)?)?)
+    }
+
+    /// The ONNX graph of [`InverseMapping::forward`] on graph values.
+    pub fn export(
+        &self,
+        g: &mut Graph,
+        features: &Value,
+        maps: &Value,
+        height: usize,
+        width: usize,
+    ) -> fgvc_onnx::Result<Value> {
+        let b = features.shape()[0].clone();
+        let (h, w) = (
+            features.fixed_dim("inverse", 2)?,
+            features.fixed_dim("inverse", 3)?,
+        );
+        let (m, d) = (self.num_attentions, self.reduce_channels);
+        let z = self.reduce.export(g, features)?;
+        let a = g.unsqueeze(maps, 2)?;
+        let z = g.unsqueeze(&z, 1)?;
+        let attended = g.mul(&a, &z)?;
+        let attended = g.reshape(
+            &attended,
+            &[b, Dim::Fixed(m * d), Dim::Fixed(h), Dim::Fixed(w)],
+        )?;
+        let y = self.fuse.export(g, &attended)?;
+        let y = g.relu(&y);
+        let logits = self.out.export(g, &y)?;
+        let up = export_resize_bilinear(g, &logits, height, width)?;
+        Ok(g.sigmoid(&up))
     }
 
     /// The region map R = sigmoid(bilinear upsampling of the logits to `(height, width)`): (B, 1, H, W).
@@ -208,6 +271,62 @@ pub fn soft_box(region: &Tensor, padding: f64, min_frac: f64) -> Result<Tensor> 
     let (y0, y1) = axis(r.sum(D::Minus1)?.reshape((b, h))?, h)?;
     let (x0, x1) = axis(r.sum(D::Minus2)?.reshape((b, w))?, w)?;
     Tensor::cat(&[y0, x0, y1, x1], 1)
+}
+
+/// The ONNX graph of [`soft_box`] on a graph value of the region map.
+pub fn export_soft_box(
+    g: &mut Graph,
+    region: &Value,
+    padding: f64,
+    min_frac: f64,
+) -> fgvc_onnx::Result<Value> {
+    let (h, w) = (
+        region.fixed_dim("soft_box", 2)?,
+        region.fixed_dim("soft_box", 3)?,
+    );
+    let r = g.squeeze(region, 1)?; // (B, H, W)
+    let mass = g.reduce_sum(&r, &[-1], true)?;
+    let mass = g.reduce_sum(&mass, &[-2], true)?;
+    let mass = g.clip(&mass, 1e-12, f32::MAX)?;
+    let r = g.div(&r, &mass)?;
+    let axis = |g: &mut Graph, marginal: Value, len: usize| -> fgvc_onnx::Result<(Value, Value)> {
+        let coords: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
+        let coords = g.constant(&[1, len], &coords)?;
+        let weighted = g.mul(&marginal, &coords)?;
+        let centre = g.reduce_sum(&weighted, &[1], true)?;
+        let d = g.sub(&coords, &centre)?;
+        let d2 = g.mul(&d, &d)?;
+        let spread = g.mul(&marginal, &d2)?;
+        let var = g.reduce_sum(&spread, &[1], true)?;
+        let v = g.affine(&var, 3.0, 1e-6)?;
+        let root = g.unary("Sqrt", &v);
+        let half = g.affine(&root, (1.0 + padding) as f32, 0.0)?;
+        let floor = (min_frac * len as f64 / 2.0) as f32;
+        let half = g.clip(&half, floor, f32::MAX)?;
+        Ok((g.sub(&centre, &half)?, g.add(&centre, &half)?))
+    };
+    let rows = g.reduce_sum(&r, &[-1], false)?; // (B, H)
+    let (y0, y1) = axis(g, rows, h)?;
+    let cols = g.reduce_sum(&r, &[-2], false)?; // (B, W)
+    let (x0, x1) = axis(g, cols, w)?;
+    g.concat(&[y0, x0, y1, x1], 1)
+}
+
+/// The coarse and fine logits of a Coarse2Fine head as graph values.
+#[derive(Debug, Clone)]
+pub struct Coarse2FineValues {
+    /// Logits of the coarse pass (B, classes).
+    pub coarse: Value,
+    /// Logits of the fine pass on the zoomed images (B, classes).
+    pub fine: Value,
+}
+
+impl Coarse2FineValues {
+    /// The ONNX graph of [`Coarse2FineOutput::prediction`]: the mean of the coarse and fine logits.
+    pub fn prediction(&self, g: &mut Graph) -> fgvc_onnx::Result<Value> {
+        let sum = g.add(&self.coarse, &self.fine)?;
+        g.affine(&sum, 0.5, 0.0)
+    }
 }
 
 /// The Coarse2Fine head: attention (`attentions.conv` orthogonal, `attentions.bn`), bilinear attention
@@ -329,6 +448,45 @@ impl Coarse2Fine {
         let boxes = soft_box(region, self.cfg.zoom_padding, self.cfg.min_zoom)?;
         let zoomed = zoom(images, &boxes, h, w)?;
         Ok((zoomed, boxes))
+    }
+
+    /// The ONNX graph of [`Coarse2Fine::attend`]'s logits (and maps) in evaluation mode.
+    pub fn export_attend(
+        &self,
+        g: &mut Graph,
+        features: &Value,
+    ) -> fgvc_onnx::Result<(Value, Value)> {
+        let maps = self.attention.export(g, features)?;
+        let parts = export_bilinear_attention_pool(g, features, &maps)?;
+        let scaled = g.affine(&parts, 100.0, 0.0)?;
+        Ok((self.fc.export(g, &scaled)?, maps))
+    }
+
+    /// The ONNX graph of [`Coarse2Fine::forward_t`] in evaluation mode: the coarse pass, the region map,
+    /// the soft box, the zoom and the fine pass, every step the same products and element-wise ops as the
+    /// forward (nothing data-dependent but values: the zoom is bilinear sampling matrices built from the box).
+    /// `backbone` adds the feature extractor's nodes (called twice, sharing its initializers).
+    pub fn export<F>(
+        &self,
+        g: &mut Graph,
+        images: &Value,
+        mut backbone: F,
+    ) -> fgvc_onnx::Result<Coarse2FineValues>
+    where
+        F: FnMut(&mut Graph, &Value) -> fgvc_onnx::Result<Value>,
+    {
+        let (h, w) = (
+            images.fixed_dim("Coarse2Fine", 2)?,
+            images.fixed_dim("Coarse2Fine", 3)?,
+        );
+        let features = backbone(g, images)?;
+        let (coarse, maps) = self.export_attend(g, &features)?;
+        let region = self.inverse.export(g, &features, &maps, h, w)?;
+        let boxes = export_soft_box(g, &region, self.cfg.zoom_padding, self.cfg.min_zoom)?;
+        let zoomed = export_zoom(g, images, &boxes, h, w)?;
+        let fine_features = backbone(g, &zoomed)?;
+        let (fine, _) = self.export_attend(g, &fine_features)?;
+        Ok(Coarse2FineValues { coarse, fine })
     }
 
     /// Stage two: the coarse pass on `images` through `backbone` (images -> feature map), the region map,

@@ -16,6 +16,7 @@
 //! (row, column), ReLU and an average pool to 2 x N x N ([`LocationHead::Paper`]).
 
 use candle_core::{Device, Module, Result, Tensor};
+use fgvc_onnx::{Graph, Value};
 use fgvc_ops::{global_avg_pool, relu, Conv2d, Conv2dConfig, Linear, Params};
 use serde::{Deserialize, Serialize};
 
@@ -202,6 +203,53 @@ impl DclHead {
             logits,
             swap,
             location,
+        })
+    }
+}
+
+/// The classifier and discriminator logits of a DCL head as graph values.
+#[derive(Debug, Clone)]
+pub struct DclValues {
+    /// Main classifier logits (B, C).
+    pub logits: Value,
+    /// Discriminator logits (B, 2) or (B, 2C).
+    pub swap: Value,
+}
+
+impl DclValues {
+    /// The ONNX graph of [`DclOutput::official_prediction`].
+    pub fn official_prediction(&self, g: &mut Graph) -> fgvc_onnx::Result<Value> {
+        let c = self.logits.fixed_dim("DCL", 1)?;
+        if self.swap.fixed_dim("DCL", 1)? == 2 * c {
+            let first = g.slice(&self.swap, 1, 0, c)?;
+            let second = g.slice(&self.swap, 1, c, 2 * c)?;
+            let y = g.add(&self.logits, &first)?;
+            g.add(&y, &second)
+        } else {
+            Ok(self.logits.clone())
+        }
+    }
+}
+
+impl DclHead {
+    /// The ONNX graph of the classifier and the discriminator of [`DclHead::forward`] on a graph value
+    /// of the feature map. The region-alignment head is a training signal that no prediction reads, so it
+    /// is not part of the graph.
+    pub fn export(&self, g: &mut Graph, features: &Value) -> fgvc_onnx::Result<DclValues> {
+        if features.rank() != 4 || features.fixed_dim("DCL", 1)? != self.cfg.in_channels {
+            return Err(fgvc_onnx::ExportError::Shape {
+                op: "DCL".into(),
+                message: format!(
+                    "expected (N, {}, H, W) features, got {:?}",
+                    self.cfg.in_channels,
+                    features.shape()
+                ),
+            });
+        }
+        let pooled = fgvc_ops::export::export_global_avg_pool(g, features)?;
+        Ok(DclValues {
+            logits: self.classifier.export(g, &pooled)?,
+            swap: self.classifier_swap.export(g, &pooled)?,
         })
     }
 }

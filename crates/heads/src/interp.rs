@@ -5,6 +5,7 @@
 //! matrices from box coordinates that are themselves tensors, so the gradient also reaches the box.
 
 use candle_core::{DType, Device, Result, Tensor};
+use fgvc_onnx::{Graph, Value};
 
 /// PyTorch's bilinear weights (`align_corners=False`, no antialias) for resizing a length `input` axis to
 /// `output`: an `output` x `input` row-major matrix whose rows sum to 1.
@@ -103,4 +104,65 @@ pub fn zoom(images: &Tensor, boxes: &Tensor, out_h: usize, out_w: usize) -> Resu
     let wx = box_sampling_weights(&col(1)?, &col(3)?, out_w, w)?.unsqueeze(1)?; // (N, 1, out_w, W)
     wy.broadcast_matmul(images)?
         .broadcast_matmul(&wx.transpose(2, 3)?)
+}
+
+/// The ONNX graph of [`resize_bilinear`]: the same two products with the same constant matrices.
+pub fn export_resize_bilinear(
+    g: &mut Graph,
+    x: &Value,
+    height: usize,
+    width: usize,
+) -> fgvc_onnx::Result<Value> {
+    let (h, w) = (x.fixed_dim("resize", 2)?, x.fixed_dim("resize", 3)?);
+    let uh = g.constant(&[height, h], &bilinear_weights(height, h))?;
+    let u = bilinear_weights(width, w);
+    let uwt: Vec<f32> = (0..w * width)
+        .map(|k| u[(k % width) * w + k / width])
+        .collect();
+    let uwt = g.constant(&[w, width], &uwt)?;
+    let rows = g.matmul(&uh, x)?;
+    g.matmul(&rows, &uwt)
+}
+
+/// The ONNX graph of [`box_sampling_weights`] on `(N, 1)` values `lo` and `hi`: `(N, out, len)`.
+pub fn export_box_sampling_weights(
+    g: &mut Graph,
+    lo: &Value,
+    hi: &Value,
+    out: usize,
+    len: usize,
+) -> fgvc_onnx::Result<Value> {
+    let frac: Vec<f32> = (0..out).map(|u| (u as f32 + 0.5) / out as f32).collect();
+    let frac = g.constant(&[1, out], &frac)?;
+    let extent = g.sub(hi, lo)?;
+    let pos = g.mul(&frac, &extent)?;
+    let pos = g.add(&pos, lo)?;
+    let pos = g.affine(&pos, 1.0, -0.5)?;
+    let grid: Vec<f32> = (0..len).map(|i| i as f32).collect();
+    let grid = g.constant(&[1, 1, len], &grid)?;
+    let pos = g.unsqueeze(&pos, 2)?;
+    let d = g.sub(&pos, &grid)?;
+    let d = g.unary("Abs", &d);
+    let tri = g.affine(&d, -1.0, 1.0)?;
+    Ok(g.relu(&tri))
+}
+
+/// The ONNX graph of [`zoom`]: `boxes` is an `(N, 4)` value `(y0, x0, y1, x1)`.
+pub fn export_zoom(
+    g: &mut Graph,
+    images: &Value,
+    boxes: &Value,
+    out_h: usize,
+    out_w: usize,
+) -> fgvc_onnx::Result<Value> {
+    let (h, w) = (images.fixed_dim("zoom", 2)?, images.fixed_dim("zoom", 3)?);
+    let mut col = |i: usize| g.slice(boxes, 1, i, i + 1);
+    let (y0, x0, y1, x1) = (col(0)?, col(1)?, col(2)?, col(3)?);
+    let wy = export_box_sampling_weights(g, &y0, &y1, out_h, h)?;
+    let wy = g.unsqueeze(&wy, 1)?;
+    let wx = export_box_sampling_weights(g, &x0, &x1, out_w, w)?;
+    let wx = g.unsqueeze(&wx, 1)?;
+    let wxt = g.transpose(&wx, &[0, 1, 3, 2])?;
+    let rows = g.matmul(&wy, images)?;
+    g.matmul(&rows, &wxt)
 }

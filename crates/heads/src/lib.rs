@@ -13,6 +13,9 @@
 //! - [`blocks`]: the shared `BasicConv`, stage block, ELU classifier and a seeded [`blocks::Dropout`].
 //! - [`interp`]: bilinear resizing and box zoom as matrix products, so they have gradients.
 //!
+//! Every head also has an `export` next to its forward: the same evaluation-mode computation as ONNX nodes
+//! on graph values ([`fgvc_onnx::Graph`]), for `fgvc export`.
+//!
 //! Parameters are created in a [`fgvc_ops::ParamStore`] under the caller's prefix with the official code's
 //! module names, initialised as PyTorch initialises them.
 //!
@@ -47,6 +50,7 @@ pub mod msi;
 pub mod pmg;
 
 use candle_core::{Result, Tensor};
+use fgvc_onnx::{ExportError, Value};
 
 /// The last `channels.len()` of `stages`, checked against the expected channel counts.
 pub(crate) fn select_stages<'a>(
@@ -69,6 +73,38 @@ pub(crate) fn select_stages<'a>(
                 i + 1,
                 x.dims()
             )
+        }
+    }
+    Ok(taps)
+}
+
+/// [`select_stages`] for graph values: the last `channels.len()` of `stages`, checked to be `(N, c, H, W)`.
+pub(crate) fn select_stage_values<'a>(
+    head: &str,
+    stages: &'a [Value],
+    channels: &[usize],
+) -> fgvc_onnx::Result<&'a [Value]> {
+    let s = channels.len();
+    if stages.len() < s {
+        return Err(ExportError::Shape {
+            op: head.into(),
+            message: format!(
+                "the head reads {s} stages, got {} feature maps",
+                stages.len()
+            ),
+        });
+    }
+    let taps = &stages[stages.len() - s..];
+    for (i, (x, &c)) in taps.iter().zip(channels).enumerate() {
+        if x.rank() != 4 || x.shape()[1] != fgvc_onnx::Dim::Fixed(c) {
+            return Err(ExportError::Shape {
+                op: head.into(),
+                message: format!(
+                    "stage {} should be (N, {c}, H, W), got {:?}",
+                    i + 1,
+                    x.shape()
+                ),
+            });
         }
     }
     Ok(taps)

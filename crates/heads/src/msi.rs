@@ -12,8 +12,9 @@
 use candle_core::{Module, Result, Tensor};
 use fgvc_ops::{Linear, Params};
 
-use crate::blocks::{Dropout, EluClassifier, StageBlock};
-use crate::select_stages;
+use crate::blocks::{Dropout, EluClassifier, StageBlock, StageLogitValues};
+use crate::{select_stage_values, select_stages};
+use fgvc_onnx::{Graph, Value};
 
 /// The interaction module: `map1: Linear(S*C -> hidden)`, dropout, `map2: Linear(hidden -> C)`, and the
 /// residual sigmoid gate of each stage's feature.
@@ -89,6 +90,34 @@ impl Msi {
             .map(|x| {
                 let gate = candle_nn::ops::sigmoid(&xm.mul(x)?)?;
                 gate.mul(x)?.add(x)
+            })
+            .collect()
+    }
+}
+
+impl Msi {
+    /// The ONNX graph of `forward_t(features, false)` (the dropout is the identity in evaluation mode).
+    pub fn export(&self, g: &mut Graph, features: &[Value]) -> fgvc_onnx::Result<Vec<Value>> {
+        if features.len() != self.num_stages {
+            return Err(fgvc_onnx::ExportError::Shape {
+                op: "MSI".into(),
+                message: format!(
+                    "expected {} stage features, got {}",
+                    self.num_stages,
+                    features.len()
+                ),
+            });
+        }
+        let cat = g.concat(features, 1)?;
+        let h = self.map1.export(g, &cat)?;
+        let xm = self.map2.export(g, &h)?;
+        features
+            .iter()
+            .map(|x| {
+                let z = g.mul(&xm, x)?;
+                let gate = g.sigmoid(&z);
+                let y = g.mul(&gate, x)?;
+                g.add(&y, x)
             })
             .collect()
     }
@@ -238,6 +267,28 @@ impl PmsiHead {
     /// The MSI module.
     pub fn msi(&self) -> &Msi {
         &self.msi
+    }
+
+    /// The ONNX graph of `forward_t(stages, false)`'s logits on graph values of the stage maps.
+    pub fn export(&self, g: &mut Graph, stages: &[Value]) -> fgvc_onnx::Result<StageLogitValues> {
+        let taps = select_stage_values("PMSI", stages, &self.cfg.in_channels)?;
+        let pooled = taps
+            .iter()
+            .zip(&self.blocks)
+            .map(|(x, b)| b.export_pooled(g, x))
+            .collect::<fgvc_onnx::Result<Vec<_>>>()?;
+        let gated = self.msi.export(g, &pooled)?;
+        let stage_logits = gated
+            .iter()
+            .zip(&self.classifiers)
+            .map(|(f, c)| c.export(g, f))
+            .collect::<fgvc_onnx::Result<Vec<_>>>()?;
+        let cat = g.concat(&gated, 1)?;
+        let concat_logits = self.concat.export(g, &cat)?;
+        Ok(StageLogitValues {
+            stage_logits,
+            concat_logits,
+        })
     }
 
     /// Every head on the stage maps (the last S are used). `train` drives the BatchNorms and the MSI

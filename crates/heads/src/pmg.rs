@@ -8,8 +8,9 @@
 use candle_core::{Result, Tensor};
 use fgvc_ops::Params;
 
-use crate::blocks::{EluClassifier, StageBlock};
-use crate::select_stages;
+use crate::blocks::{EluClassifier, StageBlock, StageLogitValues};
+use crate::{select_stage_values, select_stages};
+use fgvc_onnx::{Graph, Value};
 
 /// Widths of a PMG head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +194,27 @@ impl PmgHead {
             stage_logits,
             concat_logits,
             features,
+        })
+    }
+
+    /// The ONNX graph of `forward_t(stages, false)`'s logits on graph values of the stage maps.
+    pub fn export(&self, g: &mut Graph, stages: &[Value]) -> fgvc_onnx::Result<StageLogitValues> {
+        let taps = select_stage_values("PMG", stages, &self.cfg.in_channels)?;
+        let features = taps
+            .iter()
+            .zip(&self.blocks)
+            .map(|(x, b)| b.export_pooled(g, x))
+            .collect::<fgvc_onnx::Result<Vec<_>>>()?;
+        let stage_logits = features
+            .iter()
+            .zip(&self.classifiers)
+            .map(|(f, c)| c.export(g, f))
+            .collect::<fgvc_onnx::Result<Vec<_>>>()?;
+        let cat = g.concat(&features, 1)?;
+        let concat_logits = self.concat.export(g, &cat)?;
+        Ok(StageLogitValues {
+            stage_logits,
+            concat_logits,
         })
     }
 

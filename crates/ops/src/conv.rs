@@ -132,6 +132,7 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     cfg: Conv2dConfig,
+    name: String,
 }
 
 impl Conv2d {
@@ -172,7 +173,12 @@ impl Conv2d {
         } else {
             None
         };
-        Ok(Self { weight, bias, cfg })
+        Ok(Self {
+            weight,
+            bias,
+            cfg,
+            name: p.prefix().to_string(),
+        })
     }
 
     /// The weight tensor.
@@ -188,6 +194,26 @@ impl Conv2d {
     /// The geometry.
     pub fn config(&self) -> &Conv2dConfig {
         &self.cfg
+    }
+
+    /// The module name its parameters were created under (`layer1.0.conv1`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The ONNX graph of [`Module::forward`]: one `Conv` node whose initializers are `{name}.weight` and
+    /// `{name}.bias`.
+    pub fn export(
+        &self,
+        g: &mut fgvc_onnx::Graph,
+        x: &fgvc_onnx::Value,
+    ) -> fgvc_onnx::Result<fgvc_onnx::Value> {
+        let w = crate::export::weight(g, &format!("{}.weight", self.name), &self.weight)?;
+        let b = match &self.bias {
+            Some(b) => Some(crate::export::weight(g, &format!("{}.bias", self.name), b)?),
+            None => None,
+        };
+        g.conv(x, &w, b.as_ref(), crate::export::geometry(&self.cfg))
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`relu`], [`relu6`], [`elu`], [`gradient_reversal`]: small ops the backbones and heads need.
 //! - [`sgd_step`], [`adamw_step`]: `torch.optim.SGD`/`AdamW` parameter updates in place, one pass per tensor.
 //! - [`tune_allocator`]: glibc malloc settings that stop training steps page-faulting their buffers in.
+//! - [`export`]: the ops and layers as ONNX nodes (`Conv2d::export`, `BatchNorm::export_conv` with the
+//!   BatchNorm folded into the conv, `Linear::export`, the pools), for `fgvc export`.
 //! - [`ParamStore`] / [`Params`]: named parameters (torchvision's names) initialised from a seeded RNG,
 //!   because candle's CPU RNG cannot be seeded.
 //!
@@ -46,6 +48,7 @@ mod conv;
 mod conv_cpu;
 mod cpu;
 mod dropout;
+pub mod export;
 mod linear;
 mod params;
 mod pool;

@@ -9,6 +9,7 @@ use crate::params::{Init, Params};
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    name: String,
 }
 
 impl Linear {
@@ -39,12 +40,41 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            name: p.prefix().to_string(),
+        })
     }
 
     /// The weight (out, in).
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The bias (out), if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The module name its parameters were created under (`heads.fc`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The ONNX graph of [`Module::forward`] on `(N, in)`: one `Gemm` (transposed weight) whose
+    /// initializers are `{name}.weight` and `{name}.bias`.
+    pub fn export(
+        &self,
+        g: &mut fgvc_onnx::Graph,
+        x: &fgvc_onnx::Value,
+    ) -> fgvc_onnx::Result<fgvc_onnx::Value> {
+        let w = crate::export::weight(g, &format!("{}.weight", self.name), &self.weight)?;
+        let b = match &self.bias {
+            Some(b) => Some(crate::export::weight(g, &format!("{}.bias", self.name), b)?),
+            None => None,
+        };
+        g.gemm(x, &w, b.as_ref(), true)
     }
 }
 

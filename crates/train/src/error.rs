@@ -73,6 +73,9 @@ pub enum TrainError {
         /// Global batch steps completed.
         step: u64,
     },
+    /// The model cannot be exported to ONNX (an operation without an ONNX form, a method without an export).
+    #[error(transparent)]
+    Export(#[from] fgvc_onnx::ExportError),
     /// Anything else, with a message.
     #[error("{0}")]
     Msg(String),

@@ -17,6 +17,9 @@
 //!   best-on-test), [`metrics`] (`metrics.jsonl`, `metrics.csv`), [`plot`]s, atomic [`checkpoint`]s and
 //!   exact `--resume`, and [`tensorboard`] logging: every random draw is keyed by `(seed, epoch, step)`, so a run killed and resumed
 //!   ends with the same weights as one that never stopped.
+//! * [`export`]: the inference graph as ONNX (every named prediction an output, dynamic batch) or the
+//!   inference weights as safetensors, with the class names and test pipeline as metadata
+//!   ([`Method::export`] is each method's graph).
 //! * [`Config`]: TOML run configurations with unknown keys refused and `--set key=value` overrides.
 //!
 //! ```no_run
@@ -38,6 +41,7 @@ pub mod device;
 mod error;
 pub mod eval;
 pub mod explain;
+pub mod export;
 pub mod method;
 pub mod methods;
 pub mod metrics;

@@ -72,6 +72,23 @@ pub trait Method {
     /// Evaluation-mode predictions for `images` `[N, 3, H, W]`.
     fn predict(&self, images: &Tensor) -> Result<Predictions>;
 
+    /// The ONNX graph of [`Method::predict`] on the graph value `images` `(N, 3, H, W)`: every named
+    /// prediction as a graph value, with exactly the names and order `predict` returns (main one first).
+    /// The default is an error naming the method: a method added from outside this crate is not
+    /// exportable until it implements this.
+    fn export(
+        &self,
+        _g: &mut fgvc_onnx::Graph,
+        _images: &fgvc_onnx::Value,
+    ) -> Result<Vec<(String, fgvc_onnx::Value)>> {
+        Err(TrainError::Export(fgvc_onnx::ExportError::Unsupported(
+            format!(
+                "the method {:?} has no ONNX export (it does not implement Method::export)",
+                self.name()
+            ),
+        )))
+    }
+
     /// The parameter groups the method trains with by default, given the base learning rate (every
     /// published method trains its new layers at 10x the backbone's rate). A configuration's
     /// `[[optim.groups]]` replace them.

@@ -18,6 +18,7 @@ pub struct BatchNorm {
     running_mean: Var,
     running_var: Var,
     cfg: BatchNormConfig,
+    name: String,
 }
 
 impl BatchNorm {
@@ -44,6 +45,7 @@ impl BatchNorm {
             running_mean,
             running_var,
             cfg,
+            name: p.prefix().to_string(),
         })
     }
 
@@ -116,6 +118,119 @@ impl BatchNorm {
     /// The running variance.
     pub fn running_var(&self) -> &Var {
         &self.running_var
+    }
+
+    /// The module name its parameters were created under (`layer1.0.bn1`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The evaluation-mode transform as per-channel `(scale, shift)`, in f64:
+    /// `scale = weight / sqrt(running_var + eps)`, `shift = bias - running_mean * scale`.
+    pub fn eval_affine(&self) -> Result<(Vec<f64>, Vec<f64>)> {
+        let v = |t: &Tensor| -> Result<Vec<f64>> {
+            t.to_dtype(candle_core::DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()
+        };
+        let mean = v(self.running_mean.as_tensor())?;
+        let var = v(self.running_var.as_tensor())?;
+        let c = mean.len();
+        let weight = match &self.weight {
+            Some(w) => v(w)?,
+            None => vec![1.0; c],
+        };
+        let bias = match &self.bias {
+            Some(b) => v(b)?,
+            None => vec![0.0; c],
+        };
+        let scale: Vec<f64> = (0..c)
+            .map(|i| weight[i] / (var[i] + self.cfg.eps).sqrt())
+            .collect();
+        let shift = (0..c).map(|i| bias[i] - mean[i] * scale[i]).collect();
+        Ok((scale, shift))
+    }
+
+    /// The ONNX graph of [`BatchNorm::forward_act`] in evaluation mode: `act(x * scale + shift + residual)`
+    /// with the per-channel `{name}.scale` and `{name}.shift` ([`BatchNorm::eval_affine`]) broadcast over
+    /// `(N, C)` or `(N, C, H, W)`.
+    pub fn export(
+        &self,
+        g: &mut fgvc_onnx::Graph,
+        x: &fgvc_onnx::Value,
+        residual: Option<&fgvc_onnx::Value>,
+        act: Activation,
+    ) -> fgvc_onnx::Result<fgvc_onnx::Value> {
+        let (scale, shift) = self.eval_affine().map_err(crate::export::tensor_error)?;
+        let c = scale.len();
+        let dims: Vec<usize> = match x.rank() {
+            2 => vec![1, c],
+            4 => vec![1, c, 1, 1],
+            _ => {
+                return Err(fgvc_onnx::ExportError::Unsupported(format!(
+                    "BatchNorm {} on a rank-{} input",
+                    self.name,
+                    x.rank()
+                )))
+            }
+        };
+        let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
+        let s = g.initializer(&format!("{}.scale", self.name), &dims, &f32s(&scale))?;
+        let b = g.initializer(&format!("{}.shift", self.name), &dims, &f32s(&shift))?;
+        let y = g.mul(x, &s)?;
+        let mut y = g.add(&y, &b)?;
+        if let Some(r) = residual {
+            y = g.add(&y, r)?;
+        }
+        act.export(g, &y)
+    }
+
+    /// The ONNX graph of `act(bn(conv(x)) + residual)` in evaluation mode, the BatchNorm folded into the
+    /// convolution: one `Conv` whose initializers `{conv}+{bn}.weight` and `{conv}+{bn}.bias` are
+    /// `weight * scale` and `bias * scale + shift` per output channel, then the add and the activation.
+    pub fn export_conv(
+        &self,
+        conv: &Conv2d,
+        g: &mut fgvc_onnx::Graph,
+        x: &fgvc_onnx::Value,
+        residual: Option<&fgvc_onnx::Value>,
+        act: Activation,
+    ) -> fgvc_onnx::Result<fgvc_onnx::Value> {
+        let (scale, shift) = self.eval_affine().map_err(crate::export::tensor_error)?;
+        let w = crate::export::values(conv.weight())?;
+        let o = scale.len();
+        let dims = conv.weight().dims().to_vec();
+        if dims.first() != Some(&o) {
+            return Err(fgvc_onnx::ExportError::Shape {
+                op: "BatchNorm".into(),
+                message: format!(
+                    "{} has {o} channels, {} has {dims:?}",
+                    self.name,
+                    conv.name()
+                ),
+            });
+        }
+        let per = w.len() / o;
+        let folded: Vec<f32> = w
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (f64::from(v) * scale[i / per]) as f32)
+            .collect();
+        let bias = match conv.bias() {
+            Some(b) => crate::export::values(b)?,
+            None => vec![0.0; o],
+        };
+        let folded_bias: Vec<f32> = (0..o)
+            .map(|i| (f64::from(bias[i]) * scale[i] + shift[i]) as f32)
+            .collect();
+        let name = format!("{}+{}", conv.name(), self.name);
+        let w = g.initializer(&format!("{name}.weight"), &dims, &folded)?;
+        let b = g.initializer(&format!("{name}.bias"), &[o], &folded_bias)?;
+        let mut y = g.conv(x, &w, Some(&b), crate::export::geometry(conv.config()))?;
+        if let Some(r) = residual {
+            y = g.add(&y, r)?;
+        }
+        act.export(g, &y)
     }
 
     /// The parameters and buffers, borrowed for the functional form.

@@ -168,6 +168,16 @@ impl Method for Baseline {
         ))
     }
 
+    /// Dropout is the identity in evaluation mode.
+    fn export(
+        &self,
+        g: &mut fgvc_onnx::Graph,
+        images: &fgvc_onnx::Value,
+    ) -> Result<Vec<(String, fgvc_onnx::Value)>> {
+        let f = self.backbone.export_features(g, images)?;
+        Ok(vec![("logits".into(), self.fc.export(g, &f)?)])
+    }
+
     fn default_groups(&self, base_lr: f64) -> Vec<GroupSpec> {
         if self.head_lr_mult == 1.0 {
             return Vec::new();

@@ -285,6 +285,25 @@ impl Method for Coarse2FineMethod {
         })
     }
 
+    fn export(
+        &self,
+        g: &mut fgvc_onnx::Graph,
+        images: &fgvc_onnx::Value,
+    ) -> Result<Vec<(String, fgvc_onnx::Value)>> {
+        let backbone = |g: &mut fgvc_onnx::Graph, x: &fgvc_onnx::Value| {
+            let stages = self.backbone.export_stages(g, x)?;
+            stages.last().cloned().ok_or_else(|| {
+                fgvc_onnx::ExportError::Unsupported("Coarse2Fine: a backbone without stages".into())
+            })
+        };
+        let out = self.head.export(g, images, backbone)?;
+        Ok(vec![
+            ("combined".into(), out.prediction(g)?),
+            ("coarse".into(), out.coarse.clone()),
+            ("fine".into(), out.fine.clone()),
+        ])
+    }
+
     fn default_groups(&self, base_lr: f64) -> Vec<GroupSpec> {
         if self.options.head_lr_mult == 1.0 {
             return Vec::new();

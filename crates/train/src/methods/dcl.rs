@@ -443,6 +443,24 @@ impl Method for Dcl {
         Ok(Predictions { heads })
     }
 
+    fn export(
+        &self,
+        g: &mut fgvc_onnx::Graph,
+        images: &fgvc_onnx::Value,
+    ) -> Result<Vec<(String, fgvc_onnx::Value)>> {
+        let stages = self.backbone.export_stages(g, images)?;
+        let last = stages
+            .last()
+            .ok_or_else(|| crate::TrainError::Msg("DCL: the backbone returned no stage".into()))?;
+        let out = self.head.export(g, last)?;
+        let classifier = ("classifier".to_string(), out.logits.clone());
+        let official = ("official".to_string(), out.official_prediction(g)?);
+        Ok(match self.options.prediction {
+            DclPrediction::Classifier => vec![classifier, official],
+            DclPrediction::Official => vec![official, classifier],
+        })
+    }
+
     fn default_groups(&self, base_lr: f64) -> Vec<GroupSpec> {
         backbone_and_head_groups(&self.store, base_lr, self.options.head_lr_mult, 0)
     }

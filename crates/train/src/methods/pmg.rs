@@ -269,6 +269,19 @@ pub(crate) fn stage_predictions(
     Predictions { heads }
 }
 
+/// [`stage_predictions`] for graph values: `combined`, `classifier1..S`, `concat`.
+pub(crate) fn stage_prediction_values(
+    g: &mut fgvc_onnx::Graph,
+    out: &fgvc_heads::blocks::StageLogitValues,
+) -> Result<Vec<(String, fgvc_onnx::Value)>> {
+    let mut heads = vec![("combined".to_string(), out.combined(g)?)];
+    for (i, l) in out.stage_logits.iter().enumerate() {
+        heads.push((format!("classifier{}", i + 1), l.clone()));
+    }
+    heads.push(("concat".into(), out.concat_logits.clone()));
+    Ok(heads)
+}
+
 impl MethodDef for Pmg {
     const NAME: &'static str = NAME;
     type Options = PmgOptions;
@@ -329,6 +342,16 @@ impl Method for Pmg {
             &out.stage_logits,
             &out.concat_logits,
         ))
+    }
+
+    fn export(
+        &self,
+        g: &mut fgvc_onnx::Graph,
+        images: &fgvc_onnx::Value,
+    ) -> Result<Vec<(String, fgvc_onnx::Value)>> {
+        let stages = self.backbone.export_stages(g, images)?;
+        let out = self.head.export(g, &stages)?;
+        stage_prediction_values(g, &out)
     }
 
     fn default_groups(&self, base_lr: f64) -> Vec<GroupSpec> {

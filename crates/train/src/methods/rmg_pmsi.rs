@@ -301,6 +301,16 @@ impl Method for RmgPmsi {
         ))
     }
 
+    fn export(
+        &self,
+        g: &mut fgvc_onnx::Graph,
+        images: &fgvc_onnx::Value,
+    ) -> Result<Vec<(String, fgvc_onnx::Value)>> {
+        let stages = self.backbone.export_stages(g, images)?;
+        let out = self.head.export(g, &stages)?;
+        super::pmg::stage_prediction_values(g, &out)
+    }
+
     fn default_groups(&self, base_lr: f64) -> Vec<GroupSpec> {
         backbone_and_head_groups(
             &self.store,
