@@ -228,3 +228,50 @@ fn a_method_without_an_export_is_named_in_the_error() {
     assert!(err.contains("0x8"), "{err}");
     assert_eq!(INPUT, "images");
 }
+
+/// A backbone with its own classifier (not how the methods use them): VGG-16-BN's pool5, adaptive 7x7
+/// pool (overlapping windows, exported as averaging matrices), 4096-style hidden layers and `classifier.6`.
+#[test]
+fn vgg16_bn_with_its_classifier() {
+    use fgvc_backbone::{Backbone, Vgg, VggConfig};
+    let store = ParamStore::new(11, candle_core::DType::F32, &Device::Cpu);
+    let cfg = VggConfig {
+        hidden: 16,
+        ..VggConfig::vgg16(true, Some(CLASSES))
+    };
+    let net = Vgg::new(cfg, &store.root()).unwrap();
+    perturb_batch_norms(&store, 3);
+    for (h, w) in [(32, 32), (64, 48)] {
+        let mut g = fgvc_onnx::Graph::new("vgg");
+        let x = g
+            .input(
+                INPUT,
+                vec![fgvc_onnx::Dim::symbol("N"), 3.into(), h.into(), w.into()],
+            )
+            .unwrap();
+        let pooled = net.export_features(&mut g, &x).unwrap();
+        let logits = net.export_classify(&mut g, &pooled).unwrap().unwrap();
+        g.output("logits", &logits).unwrap();
+        let bytes = fgvc_onnx::encode(&g.finish(&fgvc_onnx::ModelInfo::new("fgvc", "test")));
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .and_then(|m| m.into_typed())
+            .and_then(|m| m.into_runnable())
+            .unwrap();
+        let data = images(2, h, w, 9);
+        let xt = Tensor::from_vec(data.clone(), (2, 3, h, w), &Device::Cpu).unwrap();
+        let want = Backbone::forward_t(&net, &xt, false)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let input = tract_ndarray::Array4::from_shape_vec((2, 3, h, w), data).unwrap();
+        let got = plan
+            .run(tvec!(tract_onnx::prelude::Tensor::from(input).into()))
+            .unwrap();
+        let got = got[0].to_array_view::<f32>().unwrap();
+        let scale = want.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+        for (a, b) in want.iter().flatten().zip(got.iter()) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{h}x{w}: {a} vs {b}");
+        }
+    }
+}
