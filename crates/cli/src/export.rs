@@ -60,7 +60,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         bail!("{} is a directory: --out takes a file", args.out.display());
     }
     let device = args.device.open()?;
-    let predictor = export::restore(&args.checkpoint, &device)?;
+    let predictor = crate::train::restore(&args.checkpoint, None, &[], &device)?;
     let (height, width) = match (args.height, args.width) {
         (Some(h), Some(w)) => (h as usize, w as usize),
         (h, w) => {

@@ -74,7 +74,10 @@ fn export_onnx_and_safetensors_from_a_checkpoint() {
         train.arg("--set").arg(s);
     }
     ok(train.output().unwrap());
-    let ckpt = run_dir.join("best.safetensors");
+    // The checkpoint alone: its run directory is gone.
+    let ckpt = dir.path().join("model.safetensors");
+    std::fs::rename(run_dir.join("best.safetensors"), &ckpt).unwrap();
+    std::fs::remove_dir_all(&run_dir).unwrap();
 
     let onnx = dir.path().join("out/model.onnx");
     let stdout = ok(run(

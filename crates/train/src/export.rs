@@ -5,14 +5,12 @@
 //! nothing else. `fgvc export` is this module on the command line.
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use candle_core::Device;
 use fgvc_onnx::{Dim, Graph, ModelInfo, Value};
 
 use crate::error::{Result, TrainError};
 use crate::method::Method;
-use crate::predict::{ModelFiles, Predictor};
+use crate::predict::Predictor;
 
 /// The name of the graph input: normalised images `(N, 3, H, W)`, float32.
 pub const INPUT: &str = "images";
@@ -22,11 +20,6 @@ pub const BATCH: &str = "N";
 
 /// The fgvc version written into the metadata.
 pub const FGVC_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Restores the model of a checkpoint (with the `config.toml` of its run directory beside it).
-pub fn restore(checkpoint: &Path, device: &Device) -> Result<Predictor> {
-    Predictor::open(&ModelFiles::beside(checkpoint), device)
-}
 
 /// The evaluation crop `(height, width)` of `predictor`'s configuration: what its test pipeline feeds the
 /// network, the default export size.
