@@ -57,7 +57,7 @@ impl InferenceInfo {
             backbone: config.model.backbone.clone(),
             class_names,
             predictions,
-            input_size: fixed_output_size(&test_pipeline),
+            input_size: config.data.input_sizes()?.test.size.map(|(h, w)| [h, w]),
             test_pipeline,
             config: config.to_toml(),
         })
@@ -144,13 +144,6 @@ pub fn read_inference(path: &Path) -> Result<Option<InferenceInfo>> {
     }
 }
 
-/// The pipeline's output size when two differently shaped inputs give the same one.
-fn fixed_output_size(pipeline: &Pipeline) -> Option<[u32; 2]> {
-    let a = pipeline.output_size((480, 640)).ok()?;
-    let b = pipeline.output_size((997, 331)).ok()?;
-    (a == b).then_some([a.0, a.1])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,10 +193,13 @@ mod tests {
 
     #[test]
     fn a_shorter_side_resize_has_no_fixed_input_size() {
-        let pipeline: Pipeline = serde_json::from_str(
-            r#"{"steps": [{"op": "resize_shorter", "size": 40}], "normalize": "imagenet"}"#,
+        let config = Config::parse(
+            "[data]\ndataset = \"cub\"\ntest_pipeline = { steps = [{ op = \"resize_shorter\", size = 40 }], normalize = \"imagenet\" }\n",
+            "test",
+            &[],
         )
         .unwrap();
-        assert_eq!(fixed_output_size(&pipeline), None);
+        let info = InferenceInfo::new(&config, vec!["a".into(), "b".into()], vec![]).unwrap();
+        assert_eq!(info.input_size, None);
     }
 }

@@ -93,6 +93,12 @@ impl DataConfig {
     }
 }
 
+/// The size `p` gives every image, whatever its own size (from its last resize, else its last crop); `None`
+/// when it depends on the image, or `p` fails for every image.
+pub(crate) fn fixed_size(p: &Pipeline) -> Option<Size> {
+    output_size(p, None).ok().flatten()
+}
+
 /// The output size of `p` for images of size `known`, or, when the images' size is unknown, from the last
 /// step that fixes the size whatever the input (a `resize`, else a crop); `None` when no step does.
 fn output_size(p: &Pipeline, known: Option<Size>) -> fgvc_augment::Result<Option<Size>> {

@@ -16,6 +16,7 @@ use fgvc_augment::transforms::{center_crop_offsets, Pipeline, Transform};
 use fgvc_data::Dataset;
 
 use super::{evaluate_by, EvalReport};
+use crate::config::geometry::fixed_size;
 use crate::config::Config;
 use crate::data::eval_loader;
 use crate::error::{Result, TrainError};
@@ -68,11 +69,9 @@ fn uncropped(test: &Pipeline) -> Result<(Pipeline, (usize, usize))> {
     };
     let mut stripped = test.clone();
     stripped.steps.pop();
-    let size = stripped.output_size((480, 640)).ok();
-    if size.is_none() || size != stripped.output_size((997, 331)).ok() {
+    let Some((h, w)) = fixed_size(&stripped) else {
         return Err(refuse("the image before its crop has no fixed size"));
-    }
-    let (h, w) = size.expect("checked");
+    };
     if *height > h || *width > w {
         return Err(refuse(&format!(
             "its {height}x{width} crop is larger than the {h}x{w} image it is cut from"

@@ -229,6 +229,24 @@ pub(crate) fn step_names(prefix: &str, levels: &[usize], steps: usize) -> Vec<St
     (0..steps).map(|k| step_name(prefix, levels, k)).collect()
 }
 
+/// The destroyed input of each progressive step `k` (one per entry of `levels`), from step `k`'s stream, as
+/// [`crate::Method::destructions`] returns them: named `{prefix}{level}`; `step_input(k, rng)` destroys.
+pub(crate) fn progressive_destructions(
+    prefix: &str,
+    levels: &[usize],
+    rng: &dyn Fn(u64) -> rand_chacha::ChaCha8Rng,
+    mut step_input: impl FnMut(usize, &mut rand_chacha::ChaCha8Rng) -> Result<Tensor>,
+) -> Result<Vec<(String, Tensor)>> {
+    (0..levels.len())
+        .map(|k| {
+            Ok((
+                step_name(prefix, levels, k),
+                step_input(k, &mut rng(k as u64))?,
+            ))
+        })
+        .collect()
+}
+
 /// The progressive step PMG and RMG-PMSI share: one optimiser step per entry of `names`, in order, each with
 /// its own keyed RNG stream; `step_loss(k, rng)` returns step `k`'s loss and the concat logits. The train
 /// accuracy is the concat classifier's at the last step, as in both official codes.
@@ -368,13 +386,9 @@ impl Method for Pmg {
         images: &Tensor,
         rng: &dyn Fn(u64) -> rand_chacha::ChaCha8Rng,
     ) -> Result<Vec<(String, Tensor)>> {
-        let levels = &self.options.granularities;
-        (0..levels.len())
-            .map(|k| {
-                let x = self.step_input(images, k, &mut rng(k as u64))?;
-                Ok((step_name("jigsaw", levels, k), x))
-            })
-            .collect()
+        progressive_destructions("jigsaw", &self.options.granularities, rng, |k, r| {
+            self.step_input(images, k, r)
+        })
     }
 
     fn explain(&self) -> Result<&dyn crate::explain::Explain> {

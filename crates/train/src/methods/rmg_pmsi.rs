@@ -32,7 +32,7 @@ use fgvc_ops::ParamStore;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::pmg::{progressive_train_step, stage_predictions, step_name, step_names};
+use super::pmg::{progressive_destructions, progressive_train_step, stage_predictions, step_names};
 use super::{
     augment_error, backbone_and_head_groups, check_non_negative, option_error,
     reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
@@ -330,13 +330,9 @@ impl Method for RmgPmsi {
         images: &Tensor,
         rng: &dyn Fn(u64) -> rand_chacha::ChaCha8Rng,
     ) -> Result<Vec<(String, Tensor)>> {
-        let levels = &self.options.levels;
-        (0..levels.len())
-            .map(|k| {
-                let x = self.step_input(images, k, &mut rng(k as u64))?;
-                Ok((step_name("mosaic", levels, k), x))
-            })
-            .collect()
+        progressive_destructions("mosaic", &self.options.levels, rng, |k, r| {
+            self.step_input(images, k, r)
+        })
     }
 
     fn explain(&self) -> Result<&dyn crate::explain::Explain> {
