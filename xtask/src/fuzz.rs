@@ -365,6 +365,7 @@ mod seeds {
             seed: 0,
             best: None,
             finished: false,
+            world_size: 1,
         };
         let optimizer = OptimizerState {
             kind: "sgd".into(),

@@ -6,6 +6,7 @@
 //! the destructions the methods train on and `fgvc data verify` checks a downloaded dataset.
 
 mod data;
+mod distributed;
 mod explain;
 mod export;
 mod output;
@@ -41,6 +42,9 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Export a checkpoint as an ONNX graph or inference-only safetensors weights.
     Export(export::ExportArgs),
+    /// Start an fgvc command as N processes of one MPI job on this machine, through `mpirun`:
+    /// `fgvc launch --nproc 2 -- train --out runs/x` (`--distributed` is added to `train`).
+    Launch(distributed::LaunchArgs),
     /// Image destructions and transforms.
     Augment {
         #[command(subcommand)]
@@ -92,10 +96,15 @@ pub struct PreviewArgs {
 fn main() -> Result<()> {
     // Before the first tensor: reuse freed activation buffers instead of page-faulting them in each step.
     fgvc_ops::tune_allocator();
+    // The processes of an MPI job other than rank 0 log warnings and errors only (RUST_LOG overrides).
+    let level = match distributed::rank_from_env() {
+        Some(rank) if rank > 0 => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_target(false)
         // A closed stderr (`fgvc train 2>&1 | head`) drops the log, never the run.
@@ -109,6 +118,7 @@ fn main() -> Result<()> {
         Command::Predict(args) => predict::predict(&args),
         Command::Explain(args) => explain::explain(&args),
         Command::Export(args) => export::run(&args),
+        Command::Launch(args) => distributed::launch(&args),
         Command::Augment {
             command: AugmentCommand::Preview(args),
         } => preview::run(&args),

@@ -1,12 +1,14 @@
 //! `fgvc train` and `fgvc eval`: the training engine on the command line.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use fgvc_data::Split;
+use fgvc_distributed::Group;
 use fgvc_train::data::{eval_loader, open_split};
 use fgvc_train::device::DeviceChoice;
 use fgvc_train::eval::{evaluate, evaluate_tta, Tta};
@@ -64,6 +66,17 @@ pub struct TrainArgs {
     /// Never draw progress bars (they are hidden anyway when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Data-parallel training as one process of an MPI job (`mpirun -np N fgvc train --distributed ...`, or
+    /// `fgvc launch --nproc N -- train ...`): each process trains on its part of every batch, gradients are
+    /// averaged over the processes, and process 0 alone writes `--out`. `data.batch_size` is per process.
+    /// Needs a build with the `mpi` feature (docs/distributed.md).
+    #[arg(long)]
+    pub distributed: bool,
+    /// With --distributed: seconds a collective operation may wait for the other processes before this one
+    /// gives up with an error (a process that died or hung).
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "distributed",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dist_timeout: u64,
 }
 
 fn load_config(path: Option<&Path>, set: &[String]) -> Result<Config> {
@@ -100,16 +113,23 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         PathBuf::from("runs").join(stem)
     });
     let device = args.device.open()?;
+    let group = if args.distributed {
+        crate::distributed::join(Duration::from_secs(args.dist_timeout))?
+    } else {
+        Group::local()
+    };
     let options = TrainOptions {
         resume: args.resume,
         overwrite: args.overwrite,
         progress: !args.no_progress,
         stop_after_steps: None,
+        group: group.clone(),
     };
-    let summary = {
-        let mut trainer = Trainer::new(config, &out, &device, options)?;
-        trainer.run()?
-    };
+    let result = Trainer::new(config, &out, &device, options).and_then(|mut t| t.run());
+    let summary = crate::distributed::or_abort(&group, result)?;
+    if !group.is_main() {
+        return Ok(());
+    }
     outln!(
         "trained {} steps in {:.1} s; run directory {}",
         summary.steps,

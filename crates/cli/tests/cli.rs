@@ -303,3 +303,22 @@ fn configuration_errors_name_the_key_and_the_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cargo xtask download cub"), "{stderr}");
 }
+
+/// A build without the `mpi` feature refuses `--distributed` and says how to get it, before touching the
+/// run directory.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_without_the_mpi_feature_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train_cmd(&dir.path().join("run"), &[])
+        .arg("--distributed")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--features mpi") && err.contains("libopenmpi-dev"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run").exists());
+}

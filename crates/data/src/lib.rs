@@ -68,6 +68,7 @@ mod loader;
 pub mod mat5;
 mod open;
 mod rng;
+mod shard;
 pub mod split;
 pub mod synthetic;
 mod text;
@@ -83,5 +84,6 @@ pub use image_limit::{
 };
 pub use loader::{sample_rng, Batch, Epoch, Loader, LoaderConfig, Prepared};
 pub use open::{official, open, DatasetKind, OpenOptions};
+pub use shard::Shard;
 pub use split::{holdout, stratified_holdout, OfficialSplits, Subset, Validation};
 pub use synthetic::{Synthetic, SyntheticConfig};

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::rng::{keyed_rng, Domain};
+use crate::shard::Shard;
 
 /// How a [`Loader`] batches a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,9 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Worker threads that decode and transform; 0 means one per available core.
     pub threads: usize,
+    /// The part of every epoch this process reads in a data-parallel run (all of it by default).
+    #[serde(default)]
+    pub shard: Shard,
 }
 
 impl Default for LoaderConfig {
@@ -60,6 +64,7 @@ impl LoaderConfig {
             skip_bad: false,
             prefetch: 2,
             threads: 0,
+            shard: Shard { rank: 0, world: 1 },
         }
     }
 
@@ -82,6 +87,11 @@ impl LoaderConfig {
         LoaderConfig { threads, ..self }
     }
 
+    /// The same configuration reading only `shard` of every epoch.
+    pub fn with_shard(self, shard: Shard) -> Self {
+        LoaderConfig { shard, ..self }
+    }
+
     /// Check the configuration for a dataset of `len` samples.
     pub fn validate(&self, len: usize) -> Result<()> {
         if self.batch_size == 0 {
@@ -100,10 +110,18 @@ impl LoaderConfig {
         if len == 0 {
             return Err(DataError::Config("the dataset is empty".into()));
         }
+        self.shard.validate()?;
         if self.drop_last && len < self.batch_size {
             return Err(DataError::Config(format!(
                 "drop_last with batch_size {} and only {len} samples would give no batch at all",
                 self.batch_size
+            )));
+        }
+        if self.shard.is_empty(len, self.batch_size, self.drop_last) {
+            return Err(DataError::Config(format!(
+                "{} processes with batch_size {} each and only {len} samples would give process {} no \
+                 sample at all",
+                self.shard.world, self.batch_size, self.shard.rank
             )));
         }
         Ok(())
@@ -364,17 +382,21 @@ impl Loader {
         self.shared.pool.current_num_threads()
     }
 
-    /// Number of batches of an epoch when no sample is skipped.
+    /// Number of batches of an epoch (of this process' shard) when no sample is skipped.
     pub fn num_batches(&self) -> usize {
-        let (n, b) = (self.shared.dataset.len(), self.shared.config.batch_size);
-        if self.shared.config.drop_last {
-            n / b
+        let cfg = &self.shared.config;
+        let n = cfg
+            .shard
+            .len(self.shared.dataset.len(), cfg.batch_size, cfg.drop_last);
+        if cfg.drop_last {
+            n / cfg.batch_size
         } else {
-            n.div_ceil(b)
+            n.div_ceil(cfg.batch_size)
         }
     }
 
-    /// The order in which epoch `epoch` visits the dataset.
+    /// The order in which epoch `epoch` visits the dataset (all of it: the order every process of a
+    /// data-parallel run draws, of which it reads its [`Shard`]).
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.shared.dataset.len()).collect();
         if self.shared.config.shuffle {
@@ -403,7 +425,10 @@ impl Loader {
     pub fn epoch(&self, epoch: u64) -> Epoch {
         let (tx, rx) = sync_channel(self.shared.config.prefetch);
         let shared = Arc::clone(&self.shared);
-        let order = self.order(epoch);
+        let cfg = &self.shared.config;
+        let order = cfg
+            .shard
+            .select(&self.order(epoch), cfg.batch_size, cfg.drop_last);
         let skipped = Arc::new(AtomicUsize::new(0));
         let skipped_in = Arc::clone(&skipped);
         let handle = std::thread::Builder::new()

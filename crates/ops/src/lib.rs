@@ -56,7 +56,7 @@ mod update;
 
 pub use activation::{elu, gradient_reversal, relu, relu6, Activation};
 pub use alloc::tune_allocator;
-pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
+pub use batch_norm::{batch_norm, with_sync_batch_norm, BatchNorm, BatchNormConfig};
 pub use conv::{conv2d, depthwise_conv2d, Conv2d, Conv2dConfig};
 pub use cpu::with_composite_ops;
 pub use dropout::Dropout;

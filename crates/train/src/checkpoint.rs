@@ -57,6 +57,14 @@ pub struct TrainerState {
     pub best: Option<BestScore>,
     /// Finished: every epoch trained.
     pub finished: bool,
+    /// The processes that trained it (a data-parallel run's world size; 1 otherwise). A resumed run must
+    /// have as many, since each process' part of every epoch depends on it.
+    #[serde(default = "one_process")]
+    pub world_size: usize,
+}
+
+fn one_process() -> usize {
+    1
 }
 
 /// A checkpoint as read back.

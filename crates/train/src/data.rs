@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use fgvc_data::{
-    open, Dataset, DatasetKind, Loader, LoaderConfig, OpenOptions, Split, Synthetic, Validation,
+    open, Dataset, DatasetKind, Loader, LoaderConfig, OpenOptions, Shard, Split, Synthetic,
+    Validation,
 };
 
 use crate::config::Config;
@@ -86,18 +87,39 @@ pub fn open_splits(config: &Config) -> Result<Splits> {
 /// The training loader (shuffled, last short batch dropped, seeded by the run's seed; skipping bad files
 /// with `data.skip_bad`).
 pub fn train_loader(config: &Config, dataset: Arc<dyn Dataset>, device: &Device) -> Result<Loader> {
+    train_loader_sharded(config, dataset, device, Shard::default())
+}
+
+/// [`train_loader`] reading `shard` of every epoch (a process of a data-parallel run).
+pub fn train_loader_sharded(
+    config: &Config,
+    dataset: Arc<dyn Dataset>,
+    device: &Device,
+    shard: Shard,
+) -> Result<Loader> {
     let (train, _) = config.data.pipelines()?;
     let cfg = LoaderConfig {
         skip_bad: config.data.skip_bad,
         ..LoaderConfig::train(config.data.batch_size)
     }
     .with_seed(config.seed)
-    .with_threads(config.data.threads);
+    .with_threads(config.data.threads)
+    .with_shard(shard);
     Ok(Loader::new(dataset, train, cfg, device)?)
 }
 
 /// An evaluation loader (dataset order, every image; skipping bad files with `data.skip_bad`).
 pub fn eval_loader(config: &Config, dataset: Arc<dyn Dataset>, device: &Device) -> Result<Loader> {
+    eval_loader_sharded(config, dataset, device, Shard::default())
+}
+
+/// [`eval_loader`] reading `shard` of the split (a process of a data-parallel run).
+pub fn eval_loader_sharded(
+    config: &Config,
+    dataset: Arc<dyn Dataset>,
+    device: &Device,
+    shard: Shard,
+) -> Result<Loader> {
     let (_, test) = config.data.pipelines()?;
     let cfg = LoaderConfig {
         skip_bad: config.data.skip_bad,
@@ -109,7 +131,8 @@ pub fn eval_loader(config: &Config, dataset: Arc<dyn Dataset>, device: &Device) 
         )
     }
     .with_seed(config.seed)
-    .with_threads(config.data.threads);
+    .with_threads(config.data.threads)
+    .with_shard(shard);
     Ok(Loader::new(dataset, test, cfg, device)?)
 }
 

@@ -76,6 +76,9 @@ pub enum TrainError {
     /// The model cannot be exported to ONNX (an operation without an ONNX form, a method without an export).
     #[error(transparent)]
     Export(#[from] fgvc_onnx::ExportError),
+    /// A collective operation of a data-parallel run failed, or the ranks disagree.
+    #[error(transparent)]
+    Distributed(#[from] fgvc_distributed::DistError),
     /// Anything else, with a message.
     #[error("{0}")]
     Msg(String),

@@ -9,6 +9,7 @@
 
 use candle_core::Tensor;
 use fgvc_data::Batch;
+use fgvc_distributed::{all_reduce_mean, Group, DEFAULT_BUCKET_BYTES};
 use fgvc_ops::ParamStore;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -199,6 +200,9 @@ pub struct StepContext<'a> {
     step: u64,
     phase: usize,
     grad_norm: Option<f64>,
+    group: Group,
+    bucket_bytes: usize,
+    comm_seconds: f64,
 }
 
 impl<'a> StepContext<'a> {
@@ -224,7 +228,24 @@ impl<'a> StepContext<'a> {
             step,
             phase: 0,
             grad_norm: None,
+            group: Group::local(),
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+            comm_seconds: 0.0,
         }
+    }
+
+    /// The same context in a data-parallel run over `group`: every optimiser step applies the gradients
+    /// averaged over the ranks (all-reduced in buckets of `bucket_bytes`), and a non-finite loss or gradient
+    /// on any rank stops every rank at the same step.
+    pub fn with_group(mut self, group: &Group, bucket_bytes: usize) -> Self {
+        self.group = group.clone();
+        self.bucket_bytes = bucket_bytes;
+        self
+    }
+
+    /// Seconds this step spent in gradient all-reduces so far (0 in a single process).
+    pub fn comm_seconds(&self) -> f64 {
+        self.comm_seconds
     }
 
     /// The epoch (0-based).
@@ -238,9 +259,17 @@ impl<'a> StepContext<'a> {
     }
 
     /// The generator for random stream `stream` of this step (dropout, on-device destructions): keyed by
-    /// `(seed, epoch, step, stream)`.
+    /// `(seed, epoch, step, stream)`, and in a data-parallel run by the rank too (rank 0's streams are a
+    /// single process'), so that the ranks' images get independent draws, as the images of one process's
+    /// larger batch would.
     pub fn rng(&self, stream: u64) -> ChaCha8Rng {
-        keyed_rng(self.seed, self.epoch as u64, self.step, stream)
+        let rank = self.group.rank() as u64;
+        keyed_rng(
+            self.seed,
+            self.epoch as u64,
+            self.step,
+            stream ^ (rank << 48),
+        )
     }
 
     /// Optimiser steps (backward passes) taken so far in this batch.
@@ -261,13 +290,17 @@ impl<'a> StepContext<'a> {
     /// Backpropagates `loss` and takes one optimiser step (or accumulates, see [`Accumulator`]). A NaN or
     /// infinite loss, or a NaN or infinite gradient, is an error before any weight changes. Returns the loss
     /// value.
+    ///
+    /// In a data-parallel run ([`StepContext::with_group`]) the step applies the mean of every rank's
+    /// gradients, and both checks are agreed between the ranks, so that all of them stop together.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<f64> {
         let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
-        if !value.is_finite() {
+        if !self.group.all(value.is_finite())? {
             return Err(TrainError::NonFiniteLoss {
                 epoch: self.epoch,
                 step: self.step,
-                value,
+                // NaN on a rank whose own loss was finite: the loss of another rank was not.
+                value: if value.is_finite() { f64::NAN } else { value },
             });
         }
         let every = self.accumulator.every();
@@ -290,14 +323,25 @@ impl<'a> StepContext<'a> {
         } else {
             grads
         };
-        if let Some(i) = first_non_finite(&grads)? {
+        if self.group.is_distributed() {
+            let start = std::time::Instant::now();
+            grads = all_reduce_mean(&self.group, &grads, self.bucket_bytes)?;
+            self.comm_seconds += start.elapsed().as_secs_f64();
+        }
+        let bad = first_non_finite(&grads)?;
+        if !self.group.all(bad.is_none())? {
             let params = self.optimizer.groups().params();
             return Err(TrainError::NonFiniteGradient {
                 epoch: self.epoch,
                 step: self.step,
-                parameter: params
-                    .get(i)
-                    .map_or_else(|| format!("#{i}"), |p| p.name.clone()),
+                parameter: bad.map_or_else(
+                    || "a parameter on another rank".to_string(),
+                    |i| {
+                        params
+                            .get(i)
+                            .map_or_else(|| format!("#{i}"), |p| p.name.clone())
+                    },
+                ),
             });
         }
         if let Some(max) = self.clip_grad_norm {

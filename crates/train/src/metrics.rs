@@ -95,6 +95,8 @@ pub struct MetricsLog {
     jsonl: PathBuf,
     csv: PathBuf,
     records: Vec<Record>,
+    /// Writes nothing: the log of a rank other than 0 in a data-parallel run.
+    detached: bool,
 }
 
 /// Reads a `metrics.jsonl` log: an absent file is an empty log, and a line torn by a kill mid-write is
@@ -127,6 +129,7 @@ impl MetricsLog {
             jsonl: run.metrics_jsonl(),
             csv: run.metrics_csv(),
             records: Vec::new(),
+            detached: false,
         };
         if let Some(step) = resume_step {
             log.records = read_records(&log.jsonl)?
@@ -136,6 +139,16 @@ impl MetricsLog {
         }
         log.rewrite()?;
         Ok(log)
+    }
+
+    /// A log kept in memory only (ranks other than 0 of a data-parallel run, where rank 0 writes the files).
+    pub fn detached(run: &RunDir) -> Self {
+        MetricsLog {
+            jsonl: run.metrics_jsonl(),
+            csv: run.metrics_csv(),
+            records: Vec::new(),
+            detached: true,
+        }
     }
 
     fn rewrite(&self) -> Result<()> {
@@ -153,9 +166,11 @@ impl MetricsLog {
 
     /// Appends `record` to both files.
     pub fn append(&mut self, record: Record) -> Result<()> {
-        let line = serde_json::to_string(&record).expect("records serialise");
-        append_line(&self.jsonl, &line)?;
-        append_line(&self.csv, &record.csv_line())?;
+        if !self.detached {
+            let line = serde_json::to_string(&record).expect("records serialise");
+            append_line(&self.jsonl, &line)?;
+            append_line(&self.csv, &record.csv_line())?;
+        }
         self.records.push(record);
         Ok(())
     }

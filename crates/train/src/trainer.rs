@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use fgvc_data::{Batch, Loader};
+use fgvc_data::{Batch, Loader, Shard};
+use fgvc_distributed::{Group, DEFAULT_BUCKET_BYTES};
+use fgvc_ops::with_sync_batch_norm;
 
 use crate::checkpoint::{self, BestScore, InferenceInfo, TrainerState};
 use crate::config::{Config, Selection};
-use crate::data::{eval_loader, open_splits, train_loader, Splits};
+use crate::data::{eval_loader_sharded, open_splits, train_loader_sharded, Splits};
 use crate::error::{Result, TrainError};
-use crate::eval::{evaluate, EvalReport};
+use crate::eval::{evaluate_in, EvalReport};
 use crate::method::{keyed_rng, Accumulator, Method, StepContext, StepStats};
 use crate::metrics::{MetricsLog, Record};
 use crate::optim::build_optimizer;
@@ -25,6 +27,7 @@ use crate::tensorboard::{EvalImages, TbLogger};
 mod claim;
 mod interval;
 mod progress;
+mod replicas;
 
 use interval::IntervalStats;
 use progress::Bars;
@@ -43,6 +46,9 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Stop with [`TrainError::Stopped`] after this many global steps (tests simulate a kill with it).
     pub stop_after_steps: Option<u64>,
+    /// The process group of a data-parallel run (one process by default): each rank trains on its shard of
+    /// every epoch with the gradients averaged over the group; rank 0 alone writes the run directory.
+    pub group: Group,
 }
 
 /// What a finished run reports.
@@ -92,8 +98,12 @@ pub struct Trainer {
     options: TrainOptions,
     /// What every checkpoint carries for inference.
     inference: InferenceInfo,
-    /// Held while the trainer lives; dropped last.
-    _lock: RunLock,
+    /// The process group (one process unless the run is data-parallel).
+    group: Group,
+    /// Seconds spent in gradient all-reduces and steps taken since the last epoch record.
+    comm: (f64, u64),
+    /// Held by rank 0 while the trainer lives; dropped last.
+    _lock: Option<RunLock>,
 }
 
 impl Trainer {
@@ -126,14 +136,16 @@ impl Trainer {
         options: TrainOptions,
     ) -> Result<Self> {
         config.validate("the configuration")?;
+        let group = options.group.clone();
+        let shard = Shard::new(group.rank(), group.world_size())?;
         let mut optimizer = build_optimizer(&config, &*method)?;
-        let train = train_loader(&config, splits.train.clone(), device)?;
-        let test = eval_loader(&config, splits.test.clone(), device)?;
+        let train = train_loader_sharded(&config, splits.train.clone(), device, shard)?;
+        let eval = |ds| eval_loader_sharded(&config, ds, device, shard);
+        let test = eval(splits.test.clone())?;
         let select_loader = match config.train.select {
-            Selection::Val | Selection::Last => Some((
-                "val".to_string(),
-                eval_loader(&config, splits.val.clone(), device)?,
-            )),
+            Selection::Val | Selection::Last => {
+                Some(("val".to_string(), eval(splits.val.clone())?))
+            }
             Selection::BestOnTest => Some(("test".to_string(), test.clone())),
         };
         let schedule = Schedule::new(
@@ -143,7 +155,14 @@ impl Trainer {
         )?;
         let inference =
             InferenceInfo::of_method(&config, &*method, splits.train.class_names().to_vec())?;
-        let (run, lock) = claim::claim(run_dir, &config, &options)?;
+        // Rank 0 claims the directory; the others wait for it (a refusal ends the job) and never write.
+        let (run, lock) = if group.is_main() {
+            let (run, lock) = claim::claim(run_dir, &config, &options)?;
+            (run, Some(lock))
+        } else {
+            (RunDir::at(run_dir), None)
+        };
+        group.barrier()?;
         let mut state = TrainerState {
             epoch: 0,
             batch_in_epoch: 0,
@@ -151,6 +170,7 @@ impl Trainer {
             seed: config.seed,
             best: None,
             finished: false,
+            world_size: group.world_size(),
         };
         let log = if options.resume {
             let path = run.last_checkpoint();
@@ -164,6 +184,20 @@ impl Trainer {
             state = ckpt.state.ok_or_else(|| {
                 TrainError::checkpoint(&path, "no trainer state: not a last checkpoint")
             })?;
+            if state.world_size != group.world_size() {
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!(
+                        "--resume: the run was trained by {} processes and this one has {}; each process' \
+                         part of every epoch depends on their number, so resume with {} (`mpirun -np {}`), \
+                         or start a new run",
+                        state.world_size,
+                        group.world_size(),
+                        state.world_size,
+                        state.world_size
+                    ),
+                ));
+            }
             tracing::info!(
                 "resuming {} at epoch {}, batch {}, step {}",
                 run.root().display(),
@@ -171,17 +205,24 @@ impl Trainer {
                 state.batch_in_epoch,
                 state.step
             );
-            MetricsLog::open(&run, Some(state.step))?
-        } else {
+            if group.is_main() {
+                MetricsLog::open(&run, Some(state.step))?
+            } else {
+                MetricsLog::detached(&run)
+            }
+        } else if group.is_main() {
             atomic_write(&run.config(), config.to_toml().as_bytes())?;
             MetricsLog::open(&run, None)?
+        } else {
+            MetricsLog::detached(&run)
         };
-        let tb = if config.train.tensorboard {
+        replicas::check_identical(&group, method.store())?;
+        let tb = if config.train.tensorboard && group.is_main() {
             TbLogger::open(&run.tb(), options.resume.then_some(state.step))
         } else {
             TbLogger::off()
         };
-        let eval_images = match (&select_loader, config.train.tensorboard) {
+        let eval_images = match (&select_loader, config.train.tensorboard && group.is_main()) {
             (Some((_, loader)), true) => crate::tensorboard::gradcam_images(&*method, loader)?,
             _ => None,
         };
@@ -202,6 +243,8 @@ impl Trainer {
             accumulator,
             options,
             inference,
+            group,
+            comm: (0.0, 0),
             _lock: lock,
         })
     }
@@ -238,6 +281,9 @@ impl Trainer {
     }
 
     fn save_last(&self) -> Result<()> {
+        if !self.group.is_main() {
+            return Ok(());
+        }
         let opt = self.optimizer.state()?;
         checkpoint::save(
             &self.run.last_checkpoint(),
@@ -250,6 +296,9 @@ impl Trainer {
 
     /// Saves the selected weights (and the state as it is) as `best.safetensors`.
     fn save_best(&self) -> Result<()> {
+        if !self.group.is_main() {
+            return Ok(());
+        }
         checkpoint::save(
             &self.run.best_checkpoint(),
             self.method.store(),
@@ -260,6 +309,9 @@ impl Trainer {
     }
 
     fn write_plots(&self) -> Result<()> {
+        if !self.group.is_main() {
+            return Ok(());
+        }
         for (name, svg) in run_charts(self.log.records()) {
             atomic_write(&self.run.plot(name), svg.as_bytes())?;
         }
@@ -282,12 +334,23 @@ impl Trainer {
         let start = Instant::now();
         let epochs = self.config.train.epochs;
         let ipe = self.train.num_batches();
-        let bars = Bars::new(self.options.progress, epochs, ipe, self.state.epoch);
+        let bars = Bars::new(
+            self.options.progress && self.group.is_main(),
+            epochs,
+            ipe,
+            self.state.epoch,
+        );
+        let world = self.group.world_size();
         tracing::info!(
-            "training {} ({} parameters) for {epochs} epochs of {ipe} batches of {} on {}; run directory {}",
+            "training {} ({} parameters) for {epochs} epochs of {ipe} batches of {}{} on {}; run directory {}",
             self.method.name(),
             self.method.store().trainable().iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
             self.config.data.batch_size,
+            if world > 1 {
+                format!(" per process x {world} processes")
+            } else {
+                String::new()
+            },
             self.train.dataset().name(),
             self.run.root().display()
         );
@@ -329,7 +392,14 @@ impl Trainer {
         let mut interval = IntervalStats::start();
         let mut trained = IntervalStats::start();
         let mut batches = self.train.epoch(epoch as u64);
-        for (b, batch) in batches.by_ref().enumerate() {
+        for b in 0.. {
+            let batch = batches.next();
+            // Every rank trains the same number of steps: the epoch ends for all when one runs out (with
+            // `data.skip_bad`, a rank that skipped files has fewer batches).
+            if !self.group.all(batch.is_some())? {
+                break;
+            }
+            let Some(batch) = batch else { break };
             if b < skip {
                 continue;
             }
@@ -383,8 +453,15 @@ impl Trainer {
             self.config.seed,
             epoch,
             self.state.step,
-        );
-        let stats = self.method.train_step(batch, &mut ctx)?;
+        )
+        .with_group(&self.group, DEFAULT_BUCKET_BYTES);
+        let stats = if self.config.train.sync_batch_norm {
+            with_sync_batch_norm(&self.group, || self.method.train_step(batch, &mut ctx))?
+        } else {
+            self.method.train_step(batch, &mut ctx)?
+        };
+        self.comm.0 += ctx.comm_seconds();
+        self.comm.1 += 1;
         if !stats.loss.is_finite() {
             return Err(TrainError::NonFiniteLoss {
                 epoch,
@@ -399,6 +476,7 @@ impl Trainer {
 
     /// Appends the `train` record of the steps of `interval`, with the learning rates now.
     fn log_interval(&mut self, epoch: usize, interval: &IntervalStats) -> Result<()> {
+        let interval = &interval.reduced(&self.group)?;
         let (lr, lrs) = self.lr_record();
         self.append(Record {
             kind: "train".into(),
@@ -426,6 +504,16 @@ impl Trainer {
         skipped: usize,
         bars: &Bars,
     ) -> Result<()> {
+        let trained = &trained.reduced(&self.group)?;
+        if self.group.is_distributed() && self.group.is_main() {
+            let (secs, steps) = std::mem::take(&mut self.comm);
+            tracing::info!(
+                "epoch {}: gradient all-reduce {:.1} ms per step over {} processes",
+                epoch + 1,
+                1e3 * secs / steps.max(1) as f64,
+                self.group.world_size()
+            );
+        }
         let seconds = trained.seconds();
         let (train_loss, train_acc) = (trained.loss_over(batches), trained.accuracy());
         self.append(Record {
@@ -472,7 +560,7 @@ impl Trainer {
         let Some((split, loader)) = &self.select_loader else {
             return Ok(None);
         };
-        let report = evaluate(&*self.method, loader, split)?;
+        let report = evaluate_in(&*self.method, loader, split, &self.group)?;
         let top1 = report.main().top1;
         self.log
             .append(eval_record(&report, epoch, self.state.step))?;
@@ -500,12 +588,29 @@ impl Trainer {
     /// Loads the selected weights (`best.safetensors`) and evaluates the test split; writes
     /// `eval-test.json` and a `test` record.
     fn final_test(&mut self) -> Result<EvalReport> {
+        // Every rank loads the weights rank 0 selected, once it has written them.
+        self.group.barrier()?;
         let best = self.run.best_checkpoint();
+        let seen = self.group.count(best.exists())?;
+        if seen != 0 && seen != self.group.world_size() {
+            return Err(TrainError::Msg(format!(
+                "{} is visible to {seen} of the {} processes: the run directory must be on a filesystem \
+                 every machine of a data-parallel run sees",
+                best.display(),
+                self.group.world_size()
+            )));
+        }
         if best.exists() {
             let ckpt = checkpoint::load(&best, self.method.store().device())?;
             checkpoint::apply_weights(self.method.store(), &ckpt.weights, true)?;
         }
-        let report = evaluate(&*self.method, &self.test, "test")?;
+        let report = evaluate_in(&*self.method, &self.test, "test", &self.group)?;
+        let mut rec = eval_record(&report, self.state.epoch.saturating_sub(1), self.state.step);
+        rec.kind = "test".into();
+        self.log.append(rec)?;
+        if !self.group.is_main() {
+            return Ok(report);
+        }
         let mut json: serde_json::Value =
             serde_json::from_str(&report.to_json()).expect("valid JSON");
         json["protocol"] =
@@ -519,9 +624,6 @@ impl Trainer {
                 .expect("JSON")
                 .as_bytes(),
         )?;
-        let mut rec = eval_record(&report, self.state.epoch.saturating_sub(1), self.state.step);
-        rec.kind = "test".into();
-        self.log.append(rec)?;
         self.tb.evaluation("test", &report, self.state.step);
         self.tb.flush();
         Ok(report)

@@ -10,6 +10,7 @@ use super::apply::{channel_params, BnApply};
 use super::functional::{normalize, single_value_error, Affine, Epilogue};
 use super::planes::Planes;
 use super::stats::{update_running, BatchStats, BnStats};
+use super::sync::sync_group;
 use crate::activation::Activation;
 use crate::conv::Conv2d;
 use crate::conv_cpu::{conv_forward, conv_grads, Geometry};
@@ -29,6 +30,7 @@ pub(super) fn conv_batch_norm(
     let in_c = x.dims().get(1).copied().unwrap_or(0);
     let depthwise = cfg.groups != 1;
     let fits = fast_path(x)
+        && !(train && sync_group().is_some())
         && x.rank() == 4
         && conv.bias().is_none()
         && w.dtype() == x.dtype()

@@ -6,6 +6,7 @@ use candle_core::{Result, Tensor, Var};
 use super::apply::fused_batch_norm;
 use super::composite::composite_batch_norm;
 use super::config::BatchNormConfig;
+use super::sync::{sync_batch_norm, sync_group};
 use crate::activation::Activation;
 use crate::cpu::fast_path;
 
@@ -66,6 +67,9 @@ pub(super) fn normalize(x: &Tensor, bn: &Affine, train: bool, epi: Epilogue) -> 
         let count = x.elem_count() / c.max(1);
         if count <= 1 {
             return Err(single_value_error(&dims, count));
+        }
+        if let Some(group) = sync_group() {
+            return sync_batch_norm(x, bn, &group, epi);
         }
     }
     if fast_path(x) && epi.residual.is_none_or(|r| r.dtype() == x.dtype()) {

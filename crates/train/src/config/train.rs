@@ -53,6 +53,11 @@ pub struct TrainConfig {
     /// `<run>/tb/` (a directory that cannot be written is a warning, not a failed run).
     #[serde(default = "default_true")]
     pub tensorboard: bool,
+    /// In a data-parallel run (`fgvc train --distributed`), BatchNorm's training statistics over the global
+    /// batch of every process (PyTorch's `SyncBatchNorm`) rather than each process' own batch (DDP's
+    /// default). No effect in a single process.
+    #[serde(default)]
+    pub sync_batch_norm: bool,
 }
 
 impl Default for TrainConfig {

@@ -5,6 +5,7 @@ use std::fmt;
 
 use candle_core::Tensor;
 use fgvc_data::Loader;
+use fgvc_distributed::Group;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -151,6 +152,23 @@ impl HeadAccumulator {
         Ok(())
     }
 
+    /// Sums the counts over the ranks of `group`, which must all call it for the same prediction.
+    pub fn reduce(&mut self, group: &Group) -> Result<()> {
+        let mut v: Vec<f64> = [self.top1, self.top5, self.count]
+            .into_iter()
+            .chain(self.confusion.iter().flatten().copied())
+            .map(|c| c as f64)
+            .collect();
+        group.sum_f64(&mut v)?;
+        let mut it = v.into_iter().map(|c| c.round() as u64);
+        let mut next = || it.next().unwrap_or(0);
+        (self.top1, self.top5, self.count) = (next(), next(), next());
+        for c in self.confusion.iter_mut().flatten() {
+            *c = next();
+        }
+        Ok(())
+    }
+
     /// The figures so far.
     pub fn report(&self) -> HeadReport {
         let n = self.count.max(1) as f64;
@@ -218,10 +236,32 @@ pub fn evaluate(method: &dyn Method, loader: &Loader, split: &str) -> Result<Eva
     evaluate_by(loader, split, |images| method.predict(images))
 }
 
+/// [`evaluate`] sharded over the ranks of a data-parallel run: each rank evaluates its part of the split
+/// (`loader` reads this rank's [`fgvc_data::Shard`]) and the counts are summed over `group`, so every rank
+/// gets the report a single process would. Every rank must call it.
+pub fn evaluate_in(
+    method: &dyn Method,
+    loader: &Loader,
+    split: &str,
+    group: &Group,
+) -> Result<EvalReport> {
+    evaluate_over(loader, split, group, |images| method.predict(images))
+}
+
 /// Evaluates the named predictions `predict` makes for each batch of `loader`.
 fn evaluate_by(
     loader: &Loader,
     split: &str,
+    predict: impl Fn(&Tensor) -> Result<Predictions>,
+) -> Result<EvalReport> {
+    evaluate_over(loader, split, &Group::local(), predict)
+}
+
+/// [`evaluate_by`] with the counts summed over `group`.
+fn evaluate_over(
+    loader: &Loader,
+    split: &str,
+    group: &Group,
     predict: impl Fn(&Tensor) -> Result<Predictions>,
 ) -> Result<EvalReport> {
     let class_names = loader.dataset().class_names().to_vec();
@@ -233,6 +273,22 @@ fn evaluate_by(
         let labels = batch.labels.to_vec1::<u32>()?;
         tally(&mut heads, predict(&batch.images)?, &labels, classes)?;
         count += labels.len();
+    }
+    if group.is_distributed() {
+        let mut sizes = [count as f64, heads.len() as f64];
+        group.sum_f64(&mut sizes)?;
+        if sizes[1] != (heads.len() * group.world_size()) as f64 {
+            return Err(TrainError::Msg(format!(
+                "{split}: rank {} made {} named predictions, the other ranks {} on average",
+                group.rank(),
+                heads.len(),
+                sizes[1] / group.world_size() as f64
+            )));
+        }
+        count = sizes[0].round() as usize;
+        for h in &mut heads {
+            h.reduce(group)?;
+        }
     }
     if count == 0 {
         return Err(TrainError::Msg(format!("the {split} split is empty")));

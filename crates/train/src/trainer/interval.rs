@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use fgvc_distributed::Group;
+
+use crate::error::Result;
 use crate::method::StepStats;
 
 /// Sums over the steps of an interval, and when it started.
@@ -77,6 +80,26 @@ impl IntervalStats {
     /// Seconds since the interval started.
     pub(super) fn seconds(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
+    }
+
+    /// The interval over every rank of `group`: losses averaged, images and correct ones summed (so the
+    /// throughput is the whole group's). Every rank must call it at the same step.
+    pub(super) fn reduced(&self, group: &Group) -> Result<IntervalStats> {
+        if !group.is_distributed() {
+            return Ok(self.clone());
+        }
+        let mut v = vec![self.loss, self.correct as f64, self.seen as f64];
+        v.extend(self.losses.values());
+        group.sum_f64(&mut v)?;
+        let w = group.world_size() as f64;
+        let mut out = self.clone();
+        out.loss = v[0] / w;
+        out.correct = v[1].round() as usize;
+        out.seen = v[2].round() as usize;
+        for (value, sum) in out.losses.values_mut().zip(&v[3..]) {
+            *value = sum / w;
+        }
+        Ok(out)
     }
 
     /// Training images per second over `seconds`.
