@@ -10,13 +10,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use fgvc_distributed::Group;
 
-/// This process' rank in an MPI job, from the environment its launcher set (before MPI is initialised).
-pub fn rank_from_env() -> Option<usize> {
-    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok()?.parse().ok())
-}
-
 /// Joins the MPI job this process belongs to, and says which process it is on stderr (every rank: the
 /// line names the process id, which an operator needs to find a hung one).
 pub fn join(timeout: Duration) -> Result<Group> {

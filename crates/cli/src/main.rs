@@ -97,7 +97,7 @@ fn main() -> Result<()> {
     // Before the first tensor: reuse freed activation buffers instead of page-faulting them in each step.
     fgvc_ops::tune_allocator();
     // The processes of an MPI job other than rank 0 log warnings and errors only (RUST_LOG overrides).
-    let level = match distributed::rank_from_env() {
+    let level = match fgvc_mpi::rank_from_env() {
         Some(rank) if rank > 0 => "warn",
         _ => "info",
     };

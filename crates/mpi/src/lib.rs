@@ -53,15 +53,20 @@ pub fn init(timeout: Duration) -> Result<Group, DistError> {
     }
 }
 
+/// The variables MPI launchers (Open MPI's `mpirun`, PMIx, PMI as `srun` sets it) give each process its
+/// rank in.
+const RANK_VARIABLES: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
+
+/// This process' rank in an MPI job, from the environment its launcher set, without initialising MPI (so a
+/// program can pick its log level before it joins the job). `None` outside a launcher.
+pub fn rank_from_env() -> Option<usize> {
+    RANK_VARIABLES
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+}
+
 /// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun` with PMI), judged from
 /// the environment those launchers set, without initialising MPI.
 pub fn launched_by_mpirun() -> bool {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_RANK",
-        "MPI_LOCALNRANKS",
-    ]
-    .iter()
-    .any(|k| std::env::var_os(k).is_some())
+    rank_from_env().is_some()
 }
