@@ -76,7 +76,8 @@ def main():
     dev_label = {"cuda": "cuda", "mps": "metal"}.get(device, "cpu")
     record = {
         "suite": "backbones", "impl": "torch", "version": torch.__version__, "model": a.model, "size": a.size,
-        "batch": a.batch, "mode": a.mode, "iters": a.iters, "threads": a.threads, "device": dev_label,
+        "batch": a.batch, "mode": a.mode, "iters": a.iters, "threads": a.threads,
+        "isa": torch.backends.cpu.get_cpu_capability(), "device": dev_label,
         "median_s": median if times else None, "mean_s": mean if times else None,
         "images_per_s": a.batch / median if times else None, "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,

@@ -141,12 +141,13 @@ fn main() -> Result<()> {
         "{{\"suite\": \"backbones\", \"impl\": \"candle\", \"version\": \"candle 0.11.1\", \"model\": \"{kind}\", \
          \"size\": {size}, \"batch\": {batch}, \"mode\": \"{mode}\", \"iters\": {iters}, \"threads\": {}, \
          \"device\": \"{device}\", \"median_s\": {}, \"mean_s\": {}, \"images_per_s\": {}, \
-         \"peak_rss_mib\": {}, \"peak_device_mib\": null}}",
+         \"peak_rss_mib\": {}, \"peak_device_mib\": null, \"isa\": \"{}\"}}",
         candle_core::utils::get_num_threads(),
         num(med),
         num(mean),
         num(batch as f64 / med),
         num(peak),
+        fgvc_ops::isa(),
     );
     Ok(())
 }

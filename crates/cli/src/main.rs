@@ -112,7 +112,15 @@ fn main() -> Result<()> {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // A mistyped FGVC_ISA is refused before any work, naming the variable, rather than ignored in the kernels.
+    fgvc_ops::Isa::from_env()?;
+    tracing::debug!(
+        "CPU kernels: {} (this CPU: {})",
+        fgvc_ops::isa(),
+        fgvc_ops::Isa::detected()
+    );
+    match cli.command {
         Command::Train(args) => train::train(&args),
         Command::Eval(args) => train::eval(&args),
         Command::Predict(args) => predict::predict(&args),

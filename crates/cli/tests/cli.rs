@@ -322,3 +322,28 @@ fn distributed_without_the_mpi_feature_says_how_to_build_it() {
     );
     assert!(!dir.path().join("run").exists());
 }
+
+/// A mistyped `FGVC_ISA` is refused before anything is written, naming the variable and the levels; a valid
+/// cap is logged.
+#[test]
+fn a_bad_isa_level_is_refused_and_a_cap_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train_cmd(&dir.path().join("run"), &[])
+        .env("FGVC_ISA", "avx3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FGVC_ISA") && err.contains("avx3") && err.contains("avx512"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run").exists());
+    // An unknown key stops the run right after the log line.
+    let out = train_cmd(&dir.path().join("run"), &["train.no_such_key=1"])
+        .env("FGVC_ISA", "scalar")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CPU kernels: scalar"), "{err}");
+}

@@ -146,7 +146,7 @@ impl Unary {
                 y.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK))
                     .for_each(|(out, inp)| {
-                        simd(|| match *self {
+                        simd!(match *self {
                             Unary::Relu => {
                                 for (o, &v) in out.iter_mut().zip(inp) {
                                     o.write(Activation::Relu.value(v));
@@ -180,7 +180,7 @@ impl Unary {
                 dx.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
                     .for_each(|(out, (inp, g))| {
-                        simd(|| match *self {
+                        simd!(match *self {
                             Unary::Relu => {
                                 for ((o, &v), &g) in out.iter_mut().zip(inp).zip(g) {
                                     o.write(Activation::Relu.pass(g, v));

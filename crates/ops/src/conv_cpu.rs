@@ -10,7 +10,9 @@ use candle_core::{CpuStorage, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::conv::Conv2dConfig;
-use crate::cpu::{cpu_op, matmul, matmul_write, simd, valid_range, written, zeroed, Elem, Mat};
+use crate::cpu::{
+    at_isa_level, cpu_op, matmul, matmul_write, simd, valid_range, written, zeroed, Elem, Mat,
+};
 
 /// Every size of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +122,7 @@ impl Geometry {
 fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], parallel: bool) {
     let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
     let fill = |(r, row): (usize, &mut [T])| {
-        simd(|| {
+        simd!({
             let (c, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
             let plane = &x[c * hw..(c + 1) * hw];
             let (yoff, xoff) = (g.yoff(ky), g.xoff(kx));
@@ -159,7 +161,7 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], parallel: bool) {
 fn col2im<T: Elem>(g: &Geometry, dcols: &[T], dx: &mut [MaybeUninit<T>], parallel: bool) {
     let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
     let scatter = |(c, plane): (usize, &mut [MaybeUninit<T>])| {
-        simd(|| {
+        simd!({
             let plane = zeroed(plane);
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
@@ -380,7 +382,7 @@ impl ConvGradWeight {
             for part in &partials {
                 dw.par_chunks_mut(1 << 14)
                     .zip(part.par_chunks(1 << 14))
-                    .for_each(|(d, p)| simd(|| d.iter_mut().zip(p).for_each(|(d, &p)| *d += p)));
+                    .for_each(|(d, p)| simd!(d.iter_mut().zip(p).for_each(|(d, &p)| *d += p)));
             }
         } else {
             images(0..g.n, &mut dw, true);
@@ -404,7 +406,7 @@ impl DepthwiseOp {
         let y = unsafe {
             written(g.n * g.ci * ohw, |y| {
                 y.par_chunks_mut(ohw).enumerate().for_each(|(p, out)| {
-                    simd(|| {
+                    simd!({
                         let out = zeroed(out);
                         let c = p % g.ci;
                         let plane = &x[p * hw..(p + 1) * hw];
@@ -473,7 +475,7 @@ impl DepthwiseGradInput {
         let dx = unsafe {
             written(g.n * g.ci * hw, |dx| {
                 dx.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
-                    simd(|| {
+                    simd!({
                         let plane = zeroed(plane);
                         let c = p % g.ci;
                         let gplane = &dy[p * ohw..(p + 1) * ohw];
@@ -522,61 +524,66 @@ struct DepthwiseGradWeight {
 impl DepthwiseGradWeight {
     fn run<T: Elem>(&self, x: &[T], dy: &[T]) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
+        let kk = g.kh * g.kw;
         let mut dw = vec![T::ZERO; g.ci * kk];
         dw.par_chunks_mut(kk).enumerate().for_each(|(c, wk)| {
-            simd(|| {
-                let mut acc = vec![0f64; kk];
-                for b in 0..g.n {
-                    let p = b * g.ci + c;
-                    let plane = &x[p * hw..(p + 1) * hw];
-                    let gplane = &dy[p * ohw..(p + 1) * ohw];
-                    for ky in 0..g.kh {
-                        let yoff = g.yoff(ky);
-                        for kx in 0..g.kw {
-                            let xoff = g.xoff(kx);
-                            let xs = valid_range(g.ow, g.w, g.sw, xoff);
-                            let mut sum = T::ZERO;
-                            let mut lanes = [T::ZERO; 8];
-                            for oy in valid_range(g.oh, g.h, g.sh, yoff) {
-                                let iy = (oy as isize * g.sh as isize + yoff) as usize;
-                                let inrow = &plane[iy * g.w..(iy + 1) * g.w];
-                                let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
-                                if g.sw == 1 {
-                                    // Eight lanes carried across the rows, reduced once per tap and plane
-                                    // rather than once per row.
-                                    let ix0 = (xs.start as isize + xoff) as usize;
-                                    let (a, b) = (&inrow[ix0..ix0 + xs.len()], &grow[xs.clone()]);
-                                    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-                                    for (&u, &v) in a8.remainder().iter().zip(b8.remainder()) {
-                                        sum += u * v;
-                                    }
-                                    for (u, v) in a8.zip(b8) {
-                                        for l in 0..8 {
-                                            lanes[l] += u[l] * v[l];
-                                        }
-                                    }
-                                } else {
-                                    for ox in xs.clone() {
-                                        sum += inrow[(ox as isize * g.sw as isize + xoff) as usize]
-                                            * grow[ox];
-                                    }
-                                }
-                            }
-                            sum += (lanes[0] + lanes[4])
-                                + (lanes[1] + lanes[5])
-                                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-                            acc[ky * g.kw + kx] += sum.to_f64();
-                        }
-                    }
-                }
-                for (d, a) in wk.iter_mut().zip(acc) {
-                    *d = T::from_f64(a);
-                }
-            })
+            at_isa_level!(<T: Elem> depthwise_weight_channel(g: &Geometry, x: &[T], dy: &[T], c: usize, wk: &mut [T]) -> ())
         });
         Ok((T::wrap(dw), Shape::from((g.ci, 1, g.kh, g.kw))))
     }
 }
 
 cpu_op!(CustomOp2 for DepthwiseGradWeight, "fgvc-depthwise-conv2d-grad-weight";);
+
+/// One channel's depthwise weight gradient into `wk` (kH*kW): the tap sums over every image, in f64 across
+/// rows and images. Called through [`at_isa_level!`] so that its loops run at the ISA level.
+#[inline(always)]
+fn depthwise_weight_channel<T: Elem>(g: &Geometry, x: &[T], dy: &[T], c: usize, wk: &mut [T]) {
+    let (ohw, hw, kk) = (g.ohw(), g.hw(), g.kh * g.kw);
+    let mut acc = vec![0f64; kk];
+    for b in 0..g.n {
+        let p = b * g.ci + c;
+        let plane = &x[p * hw..(p + 1) * hw];
+        let gplane = &dy[p * ohw..(p + 1) * ohw];
+        for ky in 0..g.kh {
+            let yoff = g.yoff(ky);
+            for kx in 0..g.kw {
+                let xoff = g.xoff(kx);
+                let xs = valid_range(g.ow, g.w, g.sw, xoff);
+                let mut sum = T::ZERO;
+                let mut lanes = [T::ZERO; 8];
+                for oy in valid_range(g.oh, g.h, g.sh, yoff) {
+                    let iy = (oy as isize * g.sh as isize + yoff) as usize;
+                    let inrow = &plane[iy * g.w..(iy + 1) * g.w];
+                    let grow = &gplane[oy * g.ow..(oy + 1) * g.ow];
+                    if g.sw == 1 {
+                        // Eight lanes carried across the rows, reduced once per tap and plane
+                        // rather than once per row.
+                        let ix0 = (xs.start as isize + xoff) as usize;
+                        let (a, b) = (&inrow[ix0..ix0 + xs.len()], &grow[xs.clone()]);
+                        let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+                        for (&u, &v) in a8.remainder().iter().zip(b8.remainder()) {
+                            sum += u * v;
+                        }
+                        for (u, v) in a8.zip(b8) {
+                            for l in 0..8 {
+                                lanes[l] += u[l] * v[l];
+                            }
+                        }
+                    } else {
+                        for ox in xs.clone() {
+                            sum += inrow[(ox as isize * g.sw as isize + xoff) as usize] * grow[ox];
+                        }
+                    }
+                }
+                sum += (lanes[0] + lanes[4])
+                    + (lanes[1] + lanes[5])
+                    + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+                acc[ky * g.kw + kx] += sum.to_f64();
+            }
+        }
+    }
+    for (d, a) in wk.iter_mut().zip(acc) {
+        *d = T::from_f64(a);
+    }
+}

@@ -334,7 +334,8 @@ unsafe fn gemm_raw<T: Elem>(
     };
     // SAFETY: the caller's contract; `c` is a dense m x n row-major buffer.
     unsafe {
-        gemm::gemm(
+        crate::gemm_levels::gemm(
+            crate::isa::isa(),
             m,
             n,
             k,
@@ -350,9 +351,6 @@ unsafe fn gemm_raw<T: Elem>(
             b.rs,
             if accumulate { T::ONE } else { T::ZERO },
             T::ONE,
-            false,
-            false,
-            false,
             par,
         )
     }
@@ -375,6 +373,7 @@ pub(crate) unsafe fn written<T: Elem>(
 }
 
 /// Zero-fills `s` and returns it as initialised elements.
+#[inline(always)]
 pub(crate) fn zeroed<T: Elem>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
     s.fill(MaybeUninit::new(T::ZERO));
     // SAFETY: every element was just written; MaybeUninit<T> has T's layout.
@@ -382,6 +381,7 @@ pub(crate) fn zeroed<T: Elem>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
 }
 
 /// The outputs `o` in `0..out_len` whose input index `o * stride + offset` falls inside `0..in_len`, as a range.
+#[inline(always)]
 pub(crate) fn valid_range(
     out_len: usize,
     in_len: usize,
@@ -403,26 +403,72 @@ pub(crate) fn valid_range(
     lo..hi.max(lo)
 }
 
-/// Runs `f` compiled for AVX2 and FMA when this CPU has them, as it is otherwise. The crate is built for the
-/// baseline x86-64 (SSE2) so that its binaries run anywhere; our element-wise and reduction loops only
-/// vectorise 8-wide once `f` is inlined into a function that enables the wider instructions, which this does
-/// after a (cached) runtime check. Call it around the loop of one parallel task.
-#[inline(always)]
-pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: both features were detected on the running CPU.
-            return unsafe { with_avx2_fma(f) };
+/// Evaluates `$body` compiled for the kernels' instruction-set level ([`isa`](crate::isa())): AVX-512,
+/// AVX2+FMA, or baseline. The crate is built for baseline x86-64 (SSE2) so that its binaries run anywhere;
+/// our element-wise and reduction loops only vectorise 16- or 8-wide once they sit inside a function that
+/// enables the wider instructions. The body is written out once per level, each copy in a closure called from
+/// exactly one place, so LLVM inlines it into that level's `#[target_feature]` wrapper. A closure handed to
+/// one shared wrapper is called from every level's branch and, when large, stays out of line, compiled for
+/// the baseline (the cause of SSE-only depthwise and BatchNorm loops before, seen in `perf annotate`).
+/// So the body must not call non-inlined helpers holding the loop (helpers it calls are `#[inline(always)]`).
+/// Use it around the loop of one parallel task; it evaluates to the body's value (`return` leaves the body).
+macro_rules! simd {
+    ($body:expr) => {{
+        // `unsafe` blocks here may sit inside the caller's own.
+        #[allow(unused_unsafe, clippy::redundant_closure_call)]
+        let value = match $crate::isa::isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa()` never exceeds the level detected on the running CPU.
+            $crate::isa::Isa::Avx512 => unsafe { $crate::cpu::with_avx512(|| $body) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            $crate::isa::Isa::Avx2 => unsafe { $crate::cpu::with_avx2_fma(|| $body) },
+            _ => (|| $body)(),
+        };
+        value
+    }};
+}
+pub(crate) use simd;
+
+/// Calls the `#[inline(always)]` function `$f` at the kernels' ISA level through one `#[target_feature]`
+/// wrapper per level that calls it directly. Where a loop sits behind closures that LLVM will not inline
+/// into [`simd!`]'s wrappers (bodies that grow large once their helpers are inlined: the blocked BatchNorm
+/// sums, the depthwise weight gradient), this forces it: `#[inline(always)]` is honoured at any size.
+/// Argument types may be `impl Trait`; generic parameters are listed as `<T: Bound>`.
+macro_rules! at_isa_level {
+    (<$($g:ident: $b:ident),*> $f:ident($($a:ident: $t:ty),* $(,)?) -> $r:ty) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        unsafe fn v4<$($g: $b),*>($($a: $t),*) -> $r {
+            $f($($a),*)
         }
-    }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn v3<$($g: $b),*>($($a: $t),*) -> $r {
+            $f($($a),*)
+        }
+        match $crate::isa::isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa()` never exceeds the level detected on the running CPU.
+            $crate::isa::Isa::Avx512 => unsafe { v4($($a),*) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            $crate::isa::Isa::Avx2 => unsafe { v3($($a),*) },
+            _ => $f($($a),*),
+        }
+    }};
+}
+pub(crate) use at_isa_level;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+pub(crate) unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 

@@ -19,8 +19,8 @@
 //!   because candle's CPU RNG cannot be seeded.
 //!
 //! On the CPU (f32 and f64) every op is a candle custom op with a hand-written, rayon-parallel forward and
-//! backward whose loops run as AVX2+FMA code when the CPU has them (a runtime check; the crate itself targets
-//! baseline x86-64), and outputs are written without a zero-fill first (`docs/performance.md` has the speed
+//! backward whose loops and GEMMs run as AVX-512 or AVX2+FMA code when the CPU has them ([`isa`]: a runtime
+//! check, capped by `FGVC_ISA`; the crate itself targets baseline x86-64), and outputs are written without a zero-fill first (`docs/performance.md` has the speed
 //! against candle's own ops and PyTorch). On other devices and
 //! dtypes the ops fall back to compositions of candle's own ops, so everything runs on CUDA and Metal too;
 //! [`with_composite_ops`] takes that path on the CPU, where `tests/composite.rs` checks it against the kernels.
@@ -49,6 +49,8 @@ mod conv_cpu;
 mod cpu;
 mod dropout;
 pub mod export;
+mod gemm_levels;
+mod isa;
 mod linear;
 mod params;
 mod pool;
@@ -60,6 +62,7 @@ pub use batch_norm::{batch_norm, with_sync_batch_norm, BatchNorm, BatchNormConfi
 pub use conv::{conv2d, depthwise_conv2d, Conv2d, Conv2dConfig};
 pub use cpu::with_composite_ops;
 pub use dropout::Dropout;
+pub use isa::{isa, set_isa_cap, Isa, IsaError, ISA_ENV};
 pub use linear::Linear;
 pub use params::{is_buffer, Init, ParamStore, Params};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};

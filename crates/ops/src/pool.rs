@@ -207,7 +207,8 @@ impl MaxPool {
     /// Calls `f(output index, window max, argmax)` for every output window of a plane. The argmax is the
     /// plane index of the window's first maximum in row-major order (PyTorch's rule): of its first NaN when
     /// it has one (the max is then NaN, as PyTorch propagates it), of its first element when every element is
-    /// `-inf`.
+    /// `-inf`. Inlined into its caller's [`simd!`](crate::cpu::simd) body so that it runs at the ISA level.
+    #[inline(always)]
     fn windows<T: Elem>(
         &self,
         plane: &[T],
@@ -280,7 +281,7 @@ impl MaxPoolOp {
             .zip(argmax.par_chunks_mut(oh * ow))
             .enumerate()
             .for_each(|(p, (out, idx))| {
-                simd(|| {
+                simd!({
                     let plane = &x[p * h * w..(p + 1) * h * w];
                     self.pool.windows(plane, h, w, (oh, ow), |o, m, at| {
                         out[o] = m;
@@ -381,7 +382,7 @@ impl AvgWindows {
         let (oh, ow) = (self.rows.len(), self.cols.len());
         let mut y = vec![T::ZERO; n * c * oh * ow];
         y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, out)| {
-            simd(|| {
+            simd!({
                 let plane = &x[p * h * w..(p + 1) * h * w];
                 for (oy, &(ys, ye)) in self.rows.iter().enumerate() {
                     for (ox, &(xs, xe)) in self.cols.iter().enumerate() {
@@ -406,7 +407,7 @@ impl AvgWindows {
         dx.par_chunks_mut(h * w)
             .enumerate()
             .for_each(|(p, dplane)| {
-                simd(|| {
+                simd!({
                     let gplane = &dy[p * oh * ow..(p + 1) * oh * ow];
                     for (oy, &(ys, ye)) in self.rows.iter().enumerate() {
                         for (ox, &(xs, xe)) in self.cols.iter().enumerate() {

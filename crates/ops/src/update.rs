@@ -233,7 +233,7 @@ fn zip_update<T: Elem>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T, T) -> T
     dst.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(d, (a, b))| {
-            simd(|| {
+            simd!({
                 for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
                     *d = f(*d, a, b);
                 }

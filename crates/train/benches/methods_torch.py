@@ -400,6 +400,7 @@ def main():
     record = {
         "suite": "methods", "impl": "torch", "version": torch.__version__, "method": a.method,
         "backbone": a.backbone, "size": a.size, "batch": a.batch, "iters": a.iters, "threads": a.threads,
+        "isa": torch.backends.cpu.get_cpu_capability(),
     }
     device = "cpu"
     if a.device == "cuda":

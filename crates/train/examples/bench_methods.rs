@@ -198,6 +198,7 @@ fn main() -> Result<()> {
         "peak_rss_mib": peak,
         "peak_device_mib": serde_json::Value::Null,
         "loss": finite(loss),
+        "isa": fgvc_ops::isa().name(),
     });
     eprintln!(
         "candle {method_name} {backbone} {size} b{batch} on {dev_label}: {med:.3} s/step (median of {iters}, \

@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// PyTorch); default: the available cores.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Cap the instruction-set level of both sides: `FGVC_ISA` for ours, `ATEN_CPU_CAPABILITY` for PyTorch
+    /// (`scalar`, `avx2`, `avx512`); default: each side's widest on this CPU. Makes an AVX2 table on an
+    /// AVX-512 machine.
+    #[arg(long, value_name = "LEVEL")]
+    pub isa: Option<fgvc_ops::Isa>,
     /// Timed iterations per workload, after one warm-up (default: 3).
     #[arg(long)]
     pub iters: Option<usize>,
@@ -115,7 +120,10 @@ mod tests {
             "448",
             "--batch",
             "2",
+            "--isa",
+            "avx2",
         ]);
+        assert_eq!(a.isa, Some(fgvc_ops::Isa::Avx2));
         assert_eq!(a.suite, Suite::Backbones);
         assert_eq!(a.device, DeviceChoice::Cuda);
         assert_eq!(a.device.feature(), Some("cuda"));

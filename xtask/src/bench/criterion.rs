@@ -42,6 +42,13 @@ pub(super) fn run_criterion(args: &BenchArgs, package: &str, target: Option<&str
     if let Some(n) = args.threads {
         cmd.env("RAYON_NUM_THREADS", n.to_string());
     }
+    if let Some(isa) = args.isa {
+        cmd.env(fgvc_ops::ISA_ENV, isa.name());
+    }
+    eprintln!(
+        "== {package} on {}",
+        super::machine::Machine::here(args.isa).describe()
+    );
     let status = cmd
         .arg("--")
         .args(&args.criterion_args)

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use fgvc_train::device::DeviceChoice;
 use serde_json::{Map, Value};
 
+use super::machine::{aten_capability, Machine};
 use super::measurement::{parse_json_line, Measurement, Row, TorchSide};
 use super::pytorch::PyTorch;
 use super::render::{records_json, render_markdown, RunInfo};
@@ -134,6 +135,9 @@ pub(super) fn run_examples(args: &BenchArgs, suite: Suite, torch: &PyTorch) -> R
             .arg(iters.to_string())
             .args(["--device", args.device.name()])
             .env("RAYON_NUM_THREADS", threads.to_string());
+        if let Some(isa) = args.isa {
+            cmd.env(fgvc_ops::ISA_ENV, isa.name());
+        }
         let ours = run_json(cmd, example).map(|m| Measurement::from_json(&m));
         let torch_side = match &torch_python {
             None => TorchSide::Off,
@@ -146,6 +150,9 @@ pub(super) fn run_examples(args: &BenchArgs, suite: Suite, torch: &PyTorch) -> R
                     .args(["--threads", &threads.to_string()])
                     .env("OMP_NUM_THREADS", threads.to_string())
                     .env("MKL_NUM_THREADS", threads.to_string());
+                if let Some(isa) = args.isa {
+                    cmd.env("ATEN_CPU_CAPABILITY", aten_capability(isa));
+                }
                 match run_json(cmd, script) {
                     Ok(m) => TorchSide::Ran(Measurement::from_json(&m)),
                     Err(e) => TorchSide::Failed(e),
@@ -163,6 +170,7 @@ pub(super) fn run_examples(args: &BenchArgs, suite: Suite, torch: &PyTorch) -> R
         device: args.device.name().into(),
         threads,
         iters,
+        machine: Machine::here(args.isa),
         with_torch: torch_python.is_some(),
         torch_version: match torch {
             PyTorch::Available { version, .. } if torch_python.is_some() => Some(version.clone()),

@@ -37,6 +37,9 @@ pub struct Measurement {
     pub device: Option<String>,
     /// The implementation's version (`candle 0.11.1`, `2.15.0`).
     pub version: Option<String>,
+    /// The instruction-set level the side ran at (ours: `fgvc_ops::isa()`; PyTorch: its reported CPU
+    /// capability, e.g. `AVX512`).
+    pub isa: Option<String>,
     /// Why the side has no number for this workload (`Coarse2Fine has no public code ...`).
     pub skipped: Option<String>,
 }
@@ -53,6 +56,7 @@ impl Measurement {
             peak_device_mib: num("peak_device_mib"),
             device: text("device"),
             version: text("version"),
+            isa: text("isa"),
             skipped: text("skipped"),
         }
     }

@@ -14,6 +14,7 @@
 mod args;
 mod criterion;
 mod examples;
+mod machine;
 mod measurement;
 mod pytorch;
 mod render;

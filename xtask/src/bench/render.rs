@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
+use super::machine::Machine;
 use super::measurement::{Measurement, Row, TorchSide};
 
 /// How a suite run was set up, for the records and the table's heading.
@@ -17,6 +18,8 @@ pub struct RunInfo {
     pub threads: usize,
     /// Timed iterations.
     pub iters: usize,
+    /// The CPU, its cores and the ISA cap.
+    pub machine: Machine,
     /// Whether the PyTorch columns are shown.
     pub with_torch: bool,
     /// PyTorch's version when it ran.
@@ -43,6 +46,13 @@ pub fn records_json(info: &RunInfo, rows: &[Row]) -> Value {
                     .unwrap_or_else(|| info.device.clone())),
             );
             m.insert("threads".into(), json!(info.threads));
+            m.insert("cpu".into(), json!(info.machine.cpu));
+            m.insert("logical_cores".into(), json!(info.machine.logical_cores));
+            m.insert(
+                "isa_cap".into(),
+                opt_str(info.machine.isa_cap.map(|c| c.name().to_string())),
+            );
+            m.insert("ours_isa".into(), opt_str(ours.and_then(|o| o.isa.clone())));
             m.insert("iters".into(), json!(info.iters));
             m.insert(
                 "ours_version".into(),
@@ -69,6 +79,7 @@ pub fn records_json(info: &RunInfo, rows: &[Row]) -> Value {
                     "pytorch_version".into(),
                     opt_str(t.and_then(|t| t.version.clone())),
                 );
+                m.insert("pytorch_isa".into(), opt_str(t.and_then(|t| t.isa.clone())));
                 m.insert(
                     "pytorch_device".into(),
                     opt_str(t.and_then(|t| t.device.clone())),
@@ -134,6 +145,23 @@ pub fn render_markdown(info: &RunInfo, rows: &[Row]) -> String {
             .map(|v| format!("; PyTorch {v}"))
             .unwrap_or_default()
     );
+    let first_isa = |side: &dyn Fn(&Row) -> Option<String>| {
+        rows.iter().find_map(side).unwrap_or_else(|| "–".into())
+    };
+    let ours_isa = first_isa(&|r: &Row| r.ours.as_ref().ok().and_then(|o| o.isa.clone()));
+    let _ = write!(
+        md,
+        "Machine: {}; fgvc ISA level {ours_isa}",
+        info.machine.describe()
+    );
+    if info.with_torch {
+        let torch_isa = first_isa(&|r: &Row| match &r.torch {
+            TorchSide::Ran(t) => t.isa.clone(),
+            _ => None,
+        });
+        let _ = write!(md, "; PyTorch CPU capability {torch_isa}");
+    }
+    md.push_str(".\n\n");
     if info.with_torch {
         let _ = writeln!(
             md,
@@ -226,6 +254,12 @@ mod tests {
             device: "cpu".into(),
             threads: 2,
             iters: 1,
+            machine: Machine {
+                cpu: "Test CPU".into(),
+                logical_cores: 2,
+                detected_isa: fgvc_ops::Isa::Avx512,
+                isa_cap: None,
+            },
             with_torch,
             torch_version: with_torch.then(|| "2.15.0".to_string()),
         }

@@ -10,7 +10,7 @@ use super::functional::{Affine, Epilogue};
 use super::planes::Planes;
 use super::stats::{update_running, BatchStats, BnStats};
 use crate::activation::{per_activation, Activation};
-use crate::cpu::{contiguous, dispatch, written, Elem};
+use crate::cpu::{contiguous, dispatch, simd, written, Elem};
 
 /// The CPU path: one statistics pass, then [`BnApply`] (normalise, add, activate) with its fused backward.
 pub(super) fn fused_batch_norm(
@@ -125,21 +125,23 @@ impl BnApply {
         act: impl Fn(T) -> T + Sync,
     ) {
         self.planes.map(y, |ch, off, out| {
-            let (centre, mul, add) = k[ch];
-            let xs = &x[off..off + out.len()];
-            match r {
-                Some(r) => {
-                    let rs = &r[off..off + out.len()];
-                    for ((o, &v), &q) in out.iter_mut().zip(xs).zip(rs) {
-                        o.write(act((v - centre) * mul + add + q));
+            simd!({
+                let (centre, mul, add) = k[ch];
+                let xs = &x[off..off + out.len()];
+                match r {
+                    Some(r) => {
+                        let rs = &r[off..off + out.len()];
+                        for ((o, &v), &q) in out.iter_mut().zip(xs).zip(rs) {
+                            o.write(act((v - centre) * mul + add + q));
+                        }
+                    }
+                    None => {
+                        for (o, &v) in out.iter_mut().zip(xs) {
+                            o.write(act((v - centre) * mul + add));
+                        }
                     }
                 }
-                None => {
-                    for (o, &v) in out.iter_mut().zip(xs) {
-                        o.write(act((v - centre) * mul + add));
-                    }
-                }
-            }
+            })
         });
     }
 

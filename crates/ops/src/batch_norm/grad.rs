@@ -108,7 +108,7 @@ impl CustomOp2 for ActGrad {
                     dz.par_chunks_mut(1 << 14)
                         .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
                         .for_each(|(o, (g, v))| {
-                            per_activation!(act, ACT => simd(|| {
+                            per_activation!(act, ACT => simd!({
                                 for ((o, &g), &v) in o.iter_mut().zip(g).zip(v) {
                                     o.write(ACT.pass(g, v));
                                 }
@@ -196,12 +196,14 @@ impl ChannelGrad {
         let c = self.planes.c;
         let k: Vec<T> = self.coef.iter().map(|&v| T::from_f64(v)).collect();
         self.planes.map(dx, |ch, off, out| {
-            let (a, b, centre, c0) = (k[ch], k[c + ch], k[2 * c + ch], k[3 * c + ch]);
-            let n = out.len();
-            let (gs, xs, ys) = (&dy[off..off + n], &x[off..off + n], &y[off..off + n]);
-            for (((o, &g), &v), &yv) in out.iter_mut().zip(gs).zip(xs).zip(ys) {
-                o.write(a * mask(g, yv) + b * (v - centre) + c0);
-            }
+            simd!({
+                let (a, b, centre, c0) = (k[ch], k[c + ch], k[2 * c + ch], k[3 * c + ch]);
+                let n = out.len();
+                let (gs, xs, ys) = (&dy[off..off + n], &x[off..off + n], &y[off..off + n]);
+                for (((o, &g), &v), &yv) in out.iter_mut().zip(gs).zip(xs).zip(ys) {
+                    o.write(a * mask(g, yv) + b * (v - centre) + c0);
+                }
+            })
         });
     }
 }

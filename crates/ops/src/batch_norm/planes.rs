@@ -6,7 +6,9 @@ use std::mem::MaybeUninit;
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{plane_chunk, simd, Elem};
+#[cfg(doc)]
+use crate::cpu::simd;
+use crate::cpu::{at_isa_level, plane_chunk, Elem};
 
 /// `(N, C, S)` view of a (N, C) or (N, C, H, W) tensor.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +38,7 @@ impl Planes {
     }
 
     /// `f(c, plane)` for every (n, c) plane of `x`, combined per channel by `f64` sums of `K` values;
-    /// parallel over channels.
+    /// parallel over channels. `f` wraps its loop in [`simd!`] itself (see there why).
     pub(super) fn reduce<const K: usize>(
         &self,
         f: impl Fn(usize, usize) -> [f64; K] + Sync,
@@ -46,7 +48,7 @@ impl Planes {
             .map(|c| {
                 let mut acc = [0f64; K];
                 for b in 0..self.n {
-                    let part = simd(|| f(c, (b * self.c + c) * self.s));
+                    let part = f(c, (b * self.c + c) * self.s);
                     for (a, p) in acc.iter_mut().zip(part) {
                         *a += p;
                     }
@@ -56,7 +58,8 @@ impl Planes {
             .collect()
     }
 
-    /// Fills `out` plane by plane with `f(c, offset, plane)`, in parallel; `f` writes every element of its plane.
+    /// Fills `out` plane by plane with `f(c, offset, plane)`, in parallel; `f` writes every element of its
+    /// plane, and wraps its loop in [`simd!`] itself.
     pub(super) fn map<T: Elem>(
         &self,
         out: &mut [MaybeUninit<T>],
@@ -65,12 +68,10 @@ impl Planes {
         let (c, s) = (self.c, self.s.max(1));
         let chunk = plane_chunk(c, s);
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, ch)| {
-            simd(|| {
-                for (j, plane) in ch.chunks_mut(s).enumerate() {
-                    let p = i * (chunk / s) + j;
-                    f(p % c, p * s, plane);
-                }
-            })
+            for (j, plane) in ch.chunks_mut(s).enumerate() {
+                let p = i * (chunk / s) + j;
+                f(p % c, p * s, plane);
+            }
         });
     }
 }
@@ -81,7 +82,7 @@ const LANES: usize = 8;
 const BLOCK: usize = 512;
 
 /// `(sum f0, sum f1)` over the elements of three equally long slices, where `f(a_i, b_i, c_i)` gives the two
-/// terms of element `i`.
+/// terms of element `i`; run at the ISA level (its own dispatch: callers need no [`simd!`]).
 #[inline(always)]
 pub(super) fn block_sums<T: Elem>(
     a: &[T],
@@ -89,6 +90,12 @@ pub(super) fn block_sums<T: Elem>(
     c: &[T],
     f: impl Fn(T, T, T) -> (T, T),
 ) -> [f64; 2] {
+    at_isa_level!(<T: Elem> block_sums_here(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> (T, T)) -> [f64; 2])
+}
+
+/// [`block_sums`] compiled for the caller's instruction set.
+#[inline(always)]
+fn block_sums_here<T: Elem>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> (T, T)) -> [f64; 2] {
     let n = a.len().min(b.len()).min(c.len());
     let mut total = [0f64; 2];
     for ((ab, bb), cb) in a[..n]
