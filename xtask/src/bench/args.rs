@@ -46,7 +46,7 @@ pub struct BenchArgs {
     /// PyTorch); default: the available cores.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Cap the instruction-set level of both sides: `FGVC_ISA` for ours, `ATEN_CPU_CAPABILITY` for PyTorch
+    /// Cap the instruction-set level of both sides: `FGVC_ISA` for ours, `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA` for PyTorch
     /// (`scalar`, `avx2`, `avx512`); default: each side's widest on this CPU. Makes an AVX2 table on an
     /// AVX-512 machine.
     #[arg(long, value_name = "LEVEL")]

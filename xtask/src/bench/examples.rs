@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use fgvc_train::device::DeviceChoice;
 use serde_json::{Map, Value};
 
-use super::machine::{aten_capability, Machine};
+use super::machine::{aten_capability, onednn_max_isa, Machine};
 use super::measurement::{parse_json_line, Measurement, Row, TorchSide};
 use super::pytorch::PyTorch;
 use super::render::{records_json, render_markdown, RunInfo};
@@ -151,7 +151,8 @@ pub(super) fn run_examples(args: &BenchArgs, suite: Suite, torch: &PyTorch) -> R
                     .env("OMP_NUM_THREADS", threads.to_string())
                     .env("MKL_NUM_THREADS", threads.to_string());
                 if let Some(isa) = args.isa {
-                    cmd.env("ATEN_CPU_CAPABILITY", aten_capability(isa));
+                    cmd.env("ATEN_CPU_CAPABILITY", aten_capability(isa))
+                        .env("ONEDNN_MAX_CPU_ISA", onednn_max_isa(isa));
                 }
                 match run_json(cmd, script) {
                     Ok(m) => TorchSide::Ran(Measurement::from_json(&m)),

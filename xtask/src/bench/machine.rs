@@ -32,7 +32,9 @@ impl Machine {
     /// One line for a table's header.
     pub fn describe(&self) -> String {
         let cap = match self.isa_cap {
-            Some(c) => format!(", capped at {c} (FGVC_ISA / ATEN_CPU_CAPABILITY)"),
+            Some(c) => {
+                format!(", capped at {c} (FGVC_ISA; ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA)")
+            }
             None => String::new(),
         };
         format!(
@@ -48,6 +50,16 @@ pub fn aten_capability(isa: Isa) -> &'static str {
         Isa::Scalar => "default",
         Isa::Avx2 => "avx2",
         Isa::Avx512 => "avx512",
+    }
+}
+
+/// `ONEDNN_MAX_CPU_ISA`'s name for a level: PyTorch's convolutions and matrix products run in oneDNN,
+/// which ignores `ATEN_CPU_CAPABILITY` and dispatches on its own.
+pub fn onednn_max_isa(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "SSE41",
+        Isa::Avx2 => "AVX2",
+        Isa::Avx512 => "AVX512_CORE_BF16",
     }
 }
 
@@ -86,8 +98,10 @@ mod tests {
         };
         assert_eq!(
             m.describe(),
-            "AMD EPYC, 2 logical cores, widest ISA avx512, capped at avx2 (FGVC_ISA / ATEN_CPU_CAPABILITY)"
+            "AMD EPYC, 2 logical cores, widest ISA avx512, capped at avx2 (FGVC_ISA; ATEN_CPU_CAPABILITY and \
+             ONEDNN_MAX_CPU_ISA)"
         );
         assert_eq!(aten_capability(Isa::Scalar), "default");
+        assert_eq!(onednn_max_isa(Isa::Avx2), "AVX2");
     }
 }
