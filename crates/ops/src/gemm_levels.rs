@@ -29,8 +29,9 @@ type Kernel<T> = unsafe fn(
 );
 
 /// One level's product for one element type: `gemm_basic_generic` over that level's microkernels.
-macro_rules! level_kernel {
-    ($name:ident, $t:ident, $uk:path, $simd:ty, $lanes:expr) => {
+macro_rules! level_kernels {
+    ($($(#[$attr:meta])* $name:ident: $t:ident, $uk:path, $simd:ident, $lanes:expr;)*) => {$(
+        $(#[$attr])*
         #[allow(clippy::too_many_arguments)]
         unsafe fn $name(
             m: usize,
@@ -53,7 +54,7 @@ macro_rules! level_kernel {
             use gemm_common::simd::MixedSimd;
             use $uk as uk;
             const N: usize = $lanes;
-            let simd = <$simd as MixedSimd<$t, $t, $t, $t>>::try_new()
+            let simd = <gemm_common::simd::$simd as MixedSimd<$t, $t, $t, $t>>::try_new()
                 .expect("the ISA level was checked against this CPU");
             // SAFETY: the caller's contract, as for `gemm::gemm`.
             unsafe {
@@ -94,56 +95,25 @@ macro_rules! level_kernel {
                 )
             }
         }
-    };
+    )*};
 }
 
 // Lane counts as gemm-f32's and gemm-f64's own `gemm_def!` (f32: multiplier 2, f64: 1).
-level_kernel!(
-    scalar_f32,
-    f32,
-    gemm_f32::microkernel::scalar::f32,
-    gemm_common::simd::Scalar,
-    1
-);
-level_kernel!(
-    scalar_f64,
-    f64,
-    gemm_f64::microkernel::scalar::f64,
-    gemm_common::simd::Scalar,
-    1
-);
-#[cfg(target_arch = "x86_64")]
-level_kernel!(
-    fma_f32,
-    f32,
-    gemm_f32::microkernel::fma::f32,
-    gemm_common::simd::V3,
-    8
-);
-#[cfg(target_arch = "x86_64")]
-level_kernel!(
-    fma_f64,
-    f64,
-    gemm_f64::microkernel::fma::f64,
-    gemm_common::simd::V3,
-    4
-);
-#[cfg(target_arch = "x86_64")]
-level_kernel!(
-    avx512_f32,
-    f32,
-    gemm_f32::microkernel::avx512f::f32,
-    gemm_common::simd::V4,
-    16
-);
-#[cfg(target_arch = "x86_64")]
-level_kernel!(
-    avx512_f64,
-    f64,
-    gemm_f64::microkernel::avx512f::f64,
-    gemm_common::simd::V4,
-    8
-);
+// Off x86-64 `gemm::gemm`'s own dispatch is the one level, so none of these is needed there.
+level_kernels! {
+    #[cfg(target_arch = "x86_64")]
+    scalar_f32: f32, gemm_f32::microkernel::scalar::f32, Scalar, 1;
+    #[cfg(target_arch = "x86_64")]
+    scalar_f64: f64, gemm_f64::microkernel::scalar::f64, Scalar, 1;
+    #[cfg(target_arch = "x86_64")]
+    fma_f32: f32, gemm_f32::microkernel::fma::f32, V3, 8;
+    #[cfg(target_arch = "x86_64")]
+    fma_f64: f64, gemm_f64::microkernel::fma::f64, V3, 4;
+    #[cfg(target_arch = "x86_64")]
+    avx512_f32: f32, gemm_f32::microkernel::avx512f::f32, V4, 16;
+    #[cfg(target_arch = "x86_64")]
+    avx512_f64: f64, gemm_f64::microkernel::avx512f::f64, V4, 8;
+}
 
 /// The kernel for `T` at `level`, `None` where only `gemm::gemm`'s own dispatch applies (other element types,
 /// or the baseline level off x86-64, where that dispatch already is the level).

@@ -7,13 +7,13 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use fgvc_ops::{
-    adamw_step, adaptive_avg_pool2d, avg_pool2d, elu, global_avg_pool, max_pool2d, relu6,
-    set_isa_cap, sgd_step, with_composite_ops, Activation, AdamWStep, BatchNorm, Conv2d,
-    Conv2dConfig, Isa, ParamStore, Params, SgdStep,
+    adaptive_avg_pool2d, avg_pool2d, elu, global_avg_pool, max_pool2d, relu6, set_isa_cap,
+    with_composite_ops, Activation, BatchNorm, Conv2d, Conv2dConfig, Isa, ParamStore, Params,
+    SgdStep,
 };
 mod common;
 
-use common::randn;
+use common::{adamw_stepper, randn, sgd_stepper};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -204,36 +204,8 @@ fn optimiser_runs() -> Outcome {
         dampening: 0.0,
         nesterov: true,
     };
-    let buf = std::cell::RefCell::new(None::<Var>);
-    let mut out = steps(&|p, g, t| {
-        if t == 1 {
-            *buf.borrow_mut() = None;
-        }
-        let next = sgd_step(p, g, buf.borrow().as_ref(), &sgd).unwrap();
-        if next.is_some() {
-            *buf.borrow_mut() = next;
-        }
-        buf.borrow().iter().cloned().collect()
-    });
-    let moments = std::cell::RefCell::new(None::<(Var, Var)>);
-    out.extend(steps(&|p, g, t| {
-        if t == 1 {
-            let zeros = || Var::zeros(p.dims(), DType::F32, &Device::Cpu).unwrap();
-            *moments.borrow_mut() = Some((zeros(), zeros()));
-        }
-        let guard = moments.borrow();
-        let (m, v) = guard.as_ref().unwrap();
-        let step = AdamWStep {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            step: t as u64,
-        };
-        adamw_step(p, g, m, v, &step).unwrap();
-        vec![m.clone(), v.clone()]
-    }));
+    let mut out = steps(&sgd_stepper(sgd));
+    out.extend(steps(&adamw_stepper(0.01)));
     out
 }
 
