@@ -86,20 +86,6 @@ fn load_config(path: Option<&Path>, set: &[String]) -> Result<Config> {
     })
 }
 
-/// Says which instruction-set level the CPU kernels run at: runs reproduce bit for bit only at the same level
-/// (and thread count), so the log records it.
-fn log_isa() {
-    let (level, cpu) = (fgvc_ops::isa(), fgvc_ops::Isa::detected());
-    if level == cpu {
-        tracing::info!("CPU kernels: {level}");
-    } else {
-        tracing::info!(
-            "CPU kernels: {level} (capped by {}; this CPU has {cpu})",
-            fgvc_ops::ISA_ENV
-        );
-    }
-}
-
 /// Pins the CPU thread count when the configuration asks for it (bit-exact resumes across machines).
 fn pin_threads(config: &Config) {
     let n = config.train.threads;
@@ -115,7 +101,6 @@ fn pin_threads(config: &Config) {
 /// Trains as `args` says and prints the result. The run directory is left to the library: it is locked,
 /// and an earlier run there is refused unless `--resume` or `--overwrite` says what to do with it.
 pub fn train(args: &TrainArgs) -> Result<()> {
-    log_isa();
     let config = load_config(args.config.as_deref(), &args.set)?;
     pin_threads(&config);
     let out = args.out.clone().unwrap_or_else(|| {

@@ -342,7 +342,7 @@ impl Trainer {
         );
         let world = self.group.world_size();
         tracing::info!(
-            "training {} ({} parameters) for {epochs} epochs of {ipe} batches of {}{} on {}; run directory {}",
+            "training {} ({} parameters) for {epochs} epochs of {ipe} batches of {}{} on {}{}; run directory {}",
             self.method.name(),
             self.method.store().trainable().iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
             self.config.data.batch_size,
@@ -352,6 +352,12 @@ impl Trainer {
                 String::new()
             },
             self.train.dataset().name(),
+            // Runs reproduce bit for bit only at the same level, so the log records it.
+            if self.method.store().device().is_cpu() {
+                format!("; CPU kernels {}", isa_description())
+            } else {
+                String::new()
+            },
             self.run.root().display()
         );
         while self.state.epoch < epochs && !self.state.finished {
@@ -649,5 +655,18 @@ fn eval_record(report: &EvalReport, epoch: usize, step: u64) -> Record {
                 .collect(),
         ),
         ..Default::default()
+    }
+}
+
+/// The CPU kernels' instruction-set level, and the cap when one holds it below the CPU's.
+fn isa_description() -> String {
+    let (level, cpu) = (fgvc_ops::isa(), fgvc_ops::Isa::detected());
+    if level == cpu {
+        level.to_string()
+    } else {
+        format!(
+            "{level} (capped by {}; this CPU has {cpu})",
+            fgvc_ops::ISA_ENV
+        )
     }
 }

@@ -6,8 +6,6 @@ use std::mem::MaybeUninit;
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-#[cfg(doc)]
-use crate::cpu::simd;
 use crate::cpu::{at_isa_level, plane_chunk, Elem};
 
 /// `(N, C, S)` view of a (N, C) or (N, C, H, W) tensor.
@@ -38,7 +36,7 @@ impl Planes {
     }
 
     /// `f(c, plane)` for every (n, c) plane of `x`, combined per channel by `f64` sums of `K` values;
-    /// parallel over channels. `f` wraps its loop in [`simd!`] itself (see there why).
+    /// parallel over channels. `f` wraps its loop in `simd!` itself (see there why).
     pub(super) fn reduce<const K: usize>(
         &self,
         f: impl Fn(usize, usize) -> [f64; K] + Sync,
@@ -59,7 +57,7 @@ impl Planes {
     }
 
     /// Fills `out` plane by plane with `f(c, offset, plane)`, in parallel; `f` writes every element of its
-    /// plane, and wraps its loop in [`simd!`] itself.
+    /// plane, and wraps its loop in `simd!` itself.
     pub(super) fn map<T: Elem>(
         &self,
         out: &mut [MaybeUninit<T>],
@@ -82,7 +80,7 @@ const LANES: usize = 8;
 const BLOCK: usize = 512;
 
 /// `(sum f0, sum f1)` over the elements of three equally long slices, where `f(a_i, b_i, c_i)` gives the two
-/// terms of element `i`; run at the ISA level (its own dispatch: callers need no [`simd!`]).
+/// terms of element `i`; run at the ISA level (its own dispatch: callers need no `simd!`).
 #[inline(always)]
 pub(super) fn block_sums<T: Elem>(
     a: &[T],
