@@ -9,61 +9,21 @@ use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use fgvc_ops::{
     adaptive_avg_pool2d, avg_pool2d, conv2d, depthwise_conv2d, elu, global_avg_pool,
     global_max_pool, gradient_reversal, max_pool2d, relu, relu6, with_composite_ops, Activation,
-    BatchNorm, Conv2d, Conv2dConfig, Linear, ParamStore, Params, SgdStep,
+    BatchNorm, Conv2d, Conv2dConfig, Linear, Params, SgdStep,
 };
 mod common;
 
-use common::{adamw_stepper, randn, sgd_stepper};
+use common::{adamw_stepper, flat, randn, run_layer, sgd_stepper, Outcome};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// What one run produced, flattened: the output, each input's gradient, each trainable parameter's
-/// gradient, then every stored value (parameters and running statistics) after the step.
-type Outcome = Vec<(String, Vec<f64>)>;
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
-}
-
-/// Builds the layer from a seeded f64 store with random trainable values, applies `f` to `inputs`, and
-/// back-propagates `sum(y * g)` for a fixed random `g`.
+/// [`run_layer`] in f64, on the kernels or on the composite path.
 fn run(
     composite: bool,
     inputs: &[Tensor],
     f: &dyn Fn(&Params, &[Tensor]) -> Result<Tensor>,
 ) -> Outcome {
-    let body = || {
-        let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let store = ParamStore::new(5, DType::F64, &Device::Cpu);
-        let vars: Vec<Var> = inputs
-            .iter()
-            .map(|t| Var::from_tensor(t).unwrap())
-            .collect();
-        let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        // Build once so the parameters exist, give them random values, then run for real.
-        f(&store.root(), &xs).unwrap();
-        for (name, var) in store.trainable() {
-            let shift = if name.ends_with("weight") { 1.0 } else { 0.3 };
-            var.set(&randn(&mut rng, var.dims(), 1.0, shift)).unwrap();
-        }
-        let y = f(&store.root(), &xs).unwrap();
-        let g = randn(&mut rng, y.dims(), 1.0, 0.0);
-        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let mut out = vec![("output".to_string(), flat(&y))];
-        for (i, v) in vars.iter().enumerate() {
-            if let Some(gv) = grads.get(v.as_tensor()) {
-                out.push((format!("grad input {i}"), flat(gv)));
-            }
-        }
-        for (name, var) in store.trainable() {
-            let gv = grads.get(var.as_tensor()).expect("parameter gradient");
-            out.push((format!("grad {name}"), flat(gv)));
-        }
-        for (name, var) in store.all() {
-            out.push((name, flat(var.as_tensor())));
-        }
-        out
-    };
+    let body = || run_layer(DType::F64, 1.0, inputs, f);
     if composite {
         with_composite_ops(body)
     } else {

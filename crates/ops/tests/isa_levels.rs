@@ -5,68 +5,24 @@
 //!
 //! One test function walks the levels in turn: the cap is process-wide, and this file is its own process.
 
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_core::{DType, Module, Result, Tensor, Var};
 use fgvc_ops::{
     adaptive_avg_pool2d, avg_pool2d, elu, global_avg_pool, max_pool2d, relu6, set_isa_cap,
-    with_composite_ops, Activation, BatchNorm, Conv2d, Conv2dConfig, Isa, ParamStore, Params,
-    SgdStep,
+    with_composite_ops, Activation, BatchNorm, Conv2d, Conv2dConfig, Isa, Params, SgdStep,
 };
 mod common;
 
-use common::{adamw_stepper, randn, sgd_stepper};
+use common::{adamw_stepper, flat, randn, run_layer, sgd_stepper, Outcome};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-type Outcome = Vec<(String, Vec<f64>)>;
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-/// Builds the layer in `dtype` with seeded random parameters, applies `f`, back-propagates `sum(y * g)` and
-/// returns everything it produced (as in `composite.rs`).
+/// [`run_layer`] with parameter values of spread 0.5.
 fn run(
     dtype: DType,
     inputs: &[Tensor],
     f: &dyn Fn(&Params, &[Tensor]) -> Result<Tensor>,
 ) -> Outcome {
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let store = ParamStore::new(5, dtype, &Device::Cpu);
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|t| Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap())
-        .collect();
-    let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    f(&store.root(), &xs).unwrap();
-    for (name, var) in store.trainable() {
-        let shift = if name.ends_with("weight") { 1.0 } else { 0.3 };
-        let v = randn(&mut rng, var.dims(), 0.5, shift);
-        var.set(&v.to_dtype(dtype).unwrap()).unwrap();
-    }
-    let y = f(&store.root(), &xs).unwrap();
-    let g = randn(&mut rng, y.dims(), 1.0, 0.0).to_dtype(dtype).unwrap();
-    let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-    let mut out = vec![("output".to_string(), flat(&y))];
-    for (i, v) in vars.iter().enumerate() {
-        if let Some(gv) = grads.get(v.as_tensor()) {
-            out.push((format!("grad input {i}"), flat(gv)));
-        }
-    }
-    for (name, var) in store.trainable() {
-        out.push((
-            format!("grad {name}"),
-            flat(grads.get(var.as_tensor()).unwrap()),
-        ));
-    }
-    for (name, var) in store.all() {
-        out.push((name, flat(var.as_tensor())));
-    }
-    out
+    run_layer(dtype, 0.5, inputs, f)
 }
 
 /// Three optimiser steps from the same start, f32 (the optimisers' training dtype).
