@@ -3,6 +3,7 @@
 //! train, evaluate and compare with the paper). `src/main.rs` is the command line.
 
 pub mod catalog;
+pub mod cuda_toolkit;
 pub mod device_arg;
 pub mod download;
 pub mod extract;
@@ -24,6 +25,19 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask sits in the workspace")
         .to_path_buf()
+}
+
+/// The environment a cargo command building for `device` needs: for CUDA, [`cuda_toolkit::build_env`]
+/// (the system's CUDA, or the toolkit installed on demand); nothing for the CPU and Metal.
+pub fn device_build_env(
+    device: fgvc_train::device::DeviceChoice,
+    dl: &Downloader,
+    runtime: bool,
+) -> Result<Vec<(String, std::ffi::OsString)>> {
+    match device {
+        fgvc_train::device::DeviceChoice::Cuda => cuda_toolkit::build_env(dl, runtime),
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// What an artifact must match.
@@ -135,7 +149,7 @@ pub fn install_dataset(
 }
 
 /// The user-supplied copy of `file`: a path in `from` named `file`, or `file` inside a folder of `from`.
-fn supplied(from: &[PathBuf], file: &str) -> Result<Option<PathBuf>> {
+pub(crate) fn supplied(from: &[PathBuf], file: &str) -> Result<Option<PathBuf>> {
     for p in from {
         if p.is_dir() {
             let candidate = p.join(file);

@@ -12,9 +12,14 @@
 //!   in docs/methods.md);
 //! - `fuzz [TARGET...] [--seconds 60]`: the cargo-fuzz targets of `fuzz/`, each for a bounded time with
 //!   libFuzzer's memory limits (see docs/fuzzing.md);
+//! - `cuda-toolkit [--version 13.0] [--runtime]`: the CUDA compiler from PyPI into a cache folder, with
+//!   link stubs (`src/cuda_toolkit/`); prints `export` lines;
+//! - `build [--device cpu|cuda|metal] [-- CARGO ARGS]`: `cargo build` with the device's feature and
+//!   environment;
 //! - `protos [--check]`: the committed protobuf code (ONNX), regenerated with protox and prost-build.
 
 mod bench;
+mod cuda;
 mod fuzz;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +69,12 @@ enum Task {
     /// Run the cargo-fuzz targets (pth, mat5, checkpoint, config, decode) for a bounded time each, with
     /// libFuzzer's memory limits; installs cargo-fuzz when missing. docs/fuzzing.md has the results.
     Fuzz(fuzz::FuzzArgs),
+    /// Install NVIDIA's CUDA compiler from its PyPI wheels (pinned, verified) into a cache folder, with
+    /// link stubs, so `--features cuda` builds without a GPU or a CUDA install; prints the environment.
+    CudaToolkit(cuda::CudaToolkitArgs),
+    /// `cargo build` for a device: `--device cuda` adds the feature and the CUDA environment (the
+    /// system's CUDA, or the toolkit installed on demand). Arguments after `--` go to cargo.
+    Build(cuda::BuildArgs),
     /// Regenerate the committed Rust code of the protobuf schemas (ONNX) with protox and prost-build.
     Protos {
         /// Only check that the committed code is up to date.
@@ -131,6 +142,8 @@ fn main() -> Result<()> {
         Task::SyntheticTable(args) => xtask::synthetic_table::run(&args),
         Task::TrainCub(args) => xtask::train_cub::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::CudaToolkit(args) => cuda::toolkit(&args),
+        Task::Build(args) => cuda::build(&args),
         Task::Protos { check } => xtask::protos::run(check),
         Task::Download {
             dataset,

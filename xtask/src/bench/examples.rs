@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use fgvc_train::device::DeviceChoice;
 use serde_json::{Map, Value};
+use xtask::download::Downloader;
 
 use super::machine::{aten_capability, onednn_max_isa, Machine};
 use super::measurement::{parse_json_line, Measurement, Row, TorchSide};
@@ -51,6 +52,8 @@ fn build_example(package: &str, example: &str, device: DeviceChoice) -> Result<P
     if let Some(f) = device.feature() {
         cmd.args(["--features", f]);
     }
+    // The example runs right after, so a toolkit installed for it brings its runtime libraries.
+    cmd.envs(xtask::device_build_env(device, &Downloader::new(), true)?);
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
