@@ -68,15 +68,16 @@ impl Conv2dConfig {
 /// Dense convolution of `x` (N, C_in, H, W) with `weight` (C_out, C_in, kH, kW), plus an optional bias.
 ///
 /// On the CPU (f32/f64) forward, input gradient and weight gradient are im2col/col2im + GEMM (1x1 stride-1
-/// convs are plain matrix products); any stride, padding and dilation per axis, any input size. Elsewhere it
-/// falls back to candle's conv (square geometry only).
+/// convs are plain matrix products); any stride, padding and dilation per axis, any input size. On CUDA f32
+/// (the `cuda` feature) all three are cuDNN's, with deterministic algorithms. Elsewhere it falls back to
+/// candle's conv (square geometry only).
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     cfg: &Conv2dConfig,
 ) -> Result<Tensor> {
-    let y = if fast_path(x) {
+    let y = if kernel_path(x) {
         let geom = Geometry::new(x, weight, cfg, false)?;
         x.contiguous()?
             .apply_op2(&weight.contiguous()?, ConvOp { geom })?
@@ -88,7 +89,8 @@ pub fn conv2d(
 
 /// Depthwise convolution: `weight` is (C, 1, kH, kW), one filter per channel of `x` (N, C, H, W).
 ///
-/// On the CPU (f32/f64) forward and both gradients are direct kernels parallel over (n, c) planes.
+/// On the CPU (f32/f64) forward and both gradients are direct kernels parallel over (n, c) planes; on CUDA f32
+/// (the `cuda` feature) they are cuDNN's grouped convolution with one group per channel.
 pub fn depthwise_conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -96,7 +98,7 @@ pub fn depthwise_conv2d(
     cfg: &Conv2dConfig,
 ) -> Result<Tensor> {
     let c = x.dim(1)?;
-    let y = if fast_path(x) {
+    let y = if kernel_path(x) {
         let geom = Geometry::new(x, weight, cfg, true)?;
         x.contiguous()?
             .apply_op2(&weight.contiguous()?, DepthwiseOp { geom })?
@@ -104,6 +106,15 @@ pub fn depthwise_conv2d(
         fallback_conv(x, weight, cfg, c)?
     };
     add_bias(y, bias)
+}
+
+/// Whether our conv op runs for `x`: the CPU kernels, or cuDNN on CUDA f32 (the `cuda` feature).
+fn kernel_path(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::cuda_path(x) {
+        return true;
+    }
+    fast_path(x)
 }
 
 fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

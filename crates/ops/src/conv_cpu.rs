@@ -15,23 +15,23 @@ use crate::cpu::{
 };
 
 /// Every size of one convolution call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Geometry {
-    n: usize,
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    ph: usize,
-    pw: usize,
-    dh: usize,
-    dw: usize,
-    oh: usize,
-    ow: usize,
+    pub(crate) n: usize,
+    pub(crate) ci: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) co: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) sh: usize,
+    pub(crate) sw: usize,
+    pub(crate) ph: usize,
+    pub(crate) pw: usize,
+    pub(crate) dh: usize,
+    pub(crate) dw: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
 }
 
 impl Geometry {
@@ -244,6 +244,28 @@ pub(crate) fn conv_grads(
     Ok((dx, dw))
 }
 
+/// The `cuda_fwd` of a convolution op (the `cuda` feature): its `$pass` through cuDNN, dense or depthwise.
+macro_rules! cudnn_pass {
+    ($pass:ident, $depthwise:expr) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            s1: &candle_core::CudaStorage,
+            l1: &candle_core::Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &candle_core::Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> {
+            crate::cuda::conv::launch(
+                crate::cuda::conv::Pass::$pass,
+                &self.geom,
+                $depthwise,
+                (s1, l1),
+                (s2, l2),
+            )
+        }
+    };
+}
+
 /// Dense conv forward: (x, weight) -> y.
 pub(crate) struct ConvOp {
     pub(crate) geom: Geometry,
@@ -286,6 +308,7 @@ impl ConvOp {
 }
 
 cpu_op!(CustomOp2 for ConvOp, "fgvc-conv2d";
+    cudnn_pass!(Forward, false);
     fn bwd(
         &self,
         x: &Tensor,
@@ -337,7 +360,7 @@ impl ConvGradInput {
     }
 }
 
-cpu_op!(CustomOp2 for ConvGradInput, "fgvc-conv2d-grad-input";);
+cpu_op!(CustomOp2 for ConvGradInput, "fgvc-conv2d-grad-input"; cudnn_pass!(BackwardData, false););
 
 /// Dense conv weight gradient: (x, dy) -> dweight.
 pub(crate) struct ConvGradWeight {
@@ -391,7 +414,7 @@ impl ConvGradWeight {
     }
 }
 
-cpu_op!(CustomOp2 for ConvGradWeight, "fgvc-conv2d-grad-weight";);
+cpu_op!(CustomOp2 for ConvGradWeight, "fgvc-conv2d-grad-weight"; cudnn_pass!(BackwardFilter, false););
 
 /// Depthwise conv forward: (x, weight (C, 1, kH, kW)) -> y.
 pub(crate) struct DepthwiseOp {
@@ -447,6 +470,7 @@ impl DepthwiseOp {
 }
 
 cpu_op!(CustomOp2 for DepthwiseOp, "fgvc-depthwise-conv2d";
+    cudnn_pass!(Forward, true);
     fn bwd(
         &self,
         x: &Tensor,
@@ -514,7 +538,7 @@ impl DepthwiseGradInput {
     }
 }
 
-cpu_op!(CustomOp2 for DepthwiseGradInput, "fgvc-depthwise-conv2d-grad-input";);
+cpu_op!(CustomOp2 for DepthwiseGradInput, "fgvc-depthwise-conv2d-grad-input"; cudnn_pass!(BackwardData, true););
 
 /// Depthwise conv weight gradient: (x, dy) -> dweight (C, 1, kH, kW).
 struct DepthwiseGradWeight {
@@ -533,7 +557,7 @@ impl DepthwiseGradWeight {
     }
 }
 
-cpu_op!(CustomOp2 for DepthwiseGradWeight, "fgvc-depthwise-conv2d-grad-weight";);
+cpu_op!(CustomOp2 for DepthwiseGradWeight, "fgvc-depthwise-conv2d-grad-weight"; cudnn_pass!(BackwardFilter, true););
 
 /// One channel's depthwise weight gradient into `wk` (kH*kW): the tap sums over every image, in f64 across
 /// rows and images. Called through [`at_isa_level!`] so that its loops run at the ISA level.

@@ -93,9 +93,12 @@ pub(crate) fn cpu_tensor(s: CpuStorage, shape: impl Into<candle_core::Shape>) ->
 
 /// Whether the fast CPU kernels handle this tensor (CPU device, f32 or f64, not inside [`with_composite_ops`]).
 pub(crate) fn fast_path(x: &Tensor) -> bool {
-    x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && !COMPOSITE_ONLY.with(Cell::get)
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && !composite_only()
+}
+
+/// Whether the calling thread is inside [`with_composite_ops`].
+pub(crate) fn composite_only() -> bool {
+    COMPOSITE_ONLY.with(Cell::get)
 }
 
 thread_local! {

@@ -25,6 +25,10 @@
 //! dtypes the ops fall back to compositions of candle's own ops, so everything runs on CUDA and Metal too;
 //! [`with_composite_ops`] takes that path on the CPU, where `tests/composite.rs` checks it against the kernels.
 //!
+//! With the `cuda` feature, convolutions (dense and depthwise, forward and both gradients) on CUDA f32
+//! tensors run through cuDNN instead, with deterministic algorithms chosen once per shape and TF32 as
+//! PyTorch allows it ([`set_tf32`]); the other ops are still composites there.
+//!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
 //! use fgvc_ops::{BatchNorm, Conv2d, Conv2dConfig, ParamStore};
@@ -47,6 +51,8 @@ mod batch_norm;
 mod conv;
 mod conv_cpu;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod dropout;
 pub mod export;
 mod gemm_levels;
@@ -54,6 +60,7 @@ mod isa;
 mod linear;
 mod params;
 mod pool;
+mod tf32;
 mod update;
 
 pub use activation::{elu, gradient_reversal, relu, relu6, Activation};
@@ -66,4 +73,5 @@ pub use isa::{isa, set_isa_cap, Isa, IsaError, ISA_ENV};
 pub use linear::Linear;
 pub use params::{is_buffer, Init, ParamStore, Params};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};
+pub use tf32::{set_tf32, tf32, TF32_ENV};
 pub use update::{adamw_step, sgd_step, AdamWStep, SgdStep};

@@ -125,8 +125,6 @@ pub struct OpenDeviceError {
 
 #[cfg(test)]
 mod tests {
-    use std::error::Error as _;
-
     use super::*;
 
     #[test]
@@ -166,7 +164,7 @@ mod tests {
             err.to_string(),
             "--device cuda: build with `--features cuda` and check that a CUDA GPU is visible"
         );
-        assert!(err.source().is_some());
+        assert!(std::error::Error::source(&err).is_some());
     }
 
     #[cfg(not(feature = "metal"))]

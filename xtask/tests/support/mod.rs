@@ -1,5 +1,9 @@
 //! Scaffolding shared by the xtask integration tests.
 
+// Not every suite serves files.
+#[allow(dead_code)]
+pub mod http;
+
 use std::path::{Path, PathBuf};
 
 use xtask::download::Downloader;
