@@ -71,8 +71,12 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     if let Some(f) = args.device.feature() {
         cmd.args(["--features", f]);
     }
-    cmd.envs(xtask::device_build_env(args.device, &Downloader::new(), false)?)
-        .current_dir(xtask::workspace_root());
+    cmd.envs(xtask::device_build_env(
+        args.device,
+        &Downloader::new(),
+        false,
+    )?)
+    .current_dir(xtask::workspace_root());
     let status = cmd
         .status()
         .with_context(|| format!("could not start {cargo}"))?;

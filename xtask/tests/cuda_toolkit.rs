@@ -175,9 +175,13 @@ fn a_tampered_wheel_is_refused_by_name_and_nothing_is_installed() {
 #[test]
 fn a_wheel_member_outside_the_toolkit_is_refused_before_anything_is_written() {
     let dir = scratch("hostile");
-    for (i, bad) in ["nvidia/cu13/../../../escaped", "/tmp/absolute", "elsewhere/file"]
-        .iter()
-        .enumerate()
+    for (i, bad) in [
+        "nvidia/cu13/../../../escaped",
+        "/tmp/absolute",
+        "elsewhere/file",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut wheels = fake_wheels();
         wheels[0].1 = wheel(&[
@@ -192,7 +196,10 @@ fn a_wheel_member_outside_the_toolkit_is_refused_before_anything_is_written() {
         let mut opts = options(&cache, false);
         opts.from = vec![supplied];
         let err = format!("{:#}", install(&quiet(), &release, &opts).unwrap_err());
-        assert!(err.contains("refusing") && err.contains(wheels[0].0), "{err}");
+        assert!(
+            err.contains("refusing") && err.contains(wheels[0].0),
+            "{err}"
+        );
         assert!(!cache.join("0.0.1").exists());
         let staged: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
         assert!(staged.is_empty(), "a staging folder was left behind");
@@ -237,7 +244,11 @@ fn a_link_stub_lets_a_program_link_and_names_the_real_library() {
         .status()
         .unwrap();
     assert!(status.success(), "linking against the stub failed");
-    let dynamic = Command::new("readelf").arg("-d").arg(&exe).output().unwrap();
+    let dynamic = Command::new("readelf")
+        .arg("-d")
+        .arg(&exe)
+        .output()
+        .unwrap();
     let dynamic = String::from_utf8_lossy(&dynamic.stdout);
     assert!(
         dynamic.contains("Shared library: [libcuda.so.1]"),

@@ -56,12 +56,48 @@ fn cudnn_convolutions_match_the_cpu_kernels() {
     cfg_sd.dilation = (1, 2);
     cfg_sd.padding = (1, 2);
     let cases: Vec<(&str, [usize; 4], [usize; 4], Conv2dConfig, bool)> = vec![
-        ("3x3 same", [2, 5, 9, 11], [7, 5, 3, 3], Conv2dConfig::same(1), false),
-        ("1x1", [3, 8, 6, 6], [4, 8, 1, 1], Conv2dConfig::default(), false),
-        ("7x7 stride 2", [2, 3, 17, 15], [6, 3, 7, 7], Conv2dConfig::new(2, 3), false),
-        ("stride 2, dilation (1,2)", [2, 4, 12, 13], [5, 4, 3, 3], cfg_sd, false),
-        ("depthwise 3x3", [2, 6, 10, 9], [6, 1, 3, 3], Conv2dConfig::same(1), true),
-        ("depthwise stride 2", [2, 6, 11, 12], [6, 1, 3, 3], Conv2dConfig::new(2, 1), true),
+        (
+            "3x3 same",
+            [2, 5, 9, 11],
+            [7, 5, 3, 3],
+            Conv2dConfig::same(1),
+            false,
+        ),
+        (
+            "1x1",
+            [3, 8, 6, 6],
+            [4, 8, 1, 1],
+            Conv2dConfig::default(),
+            false,
+        ),
+        (
+            "7x7 stride 2",
+            [2, 3, 17, 15],
+            [6, 3, 7, 7],
+            Conv2dConfig::new(2, 3),
+            false,
+        ),
+        (
+            "stride 2, dilation (1,2)",
+            [2, 4, 12, 13],
+            [5, 4, 3, 3],
+            cfg_sd,
+            false,
+        ),
+        (
+            "depthwise 3x3",
+            [2, 6, 10, 9],
+            [6, 1, 3, 3],
+            Conv2dConfig::same(1),
+            true,
+        ),
+        (
+            "depthwise stride 2",
+            [2, 6, 11, 12],
+            [6, 1, 3, 3],
+            Conv2dConfig::new(2, 1),
+            true,
+        ),
     ];
     for (name, xs, ws, cfg, depthwise) in cases {
         let x = randn(&mut rng, &xs, 1.0, 0.0);
@@ -78,7 +114,10 @@ fn cudnn_convolutions_match_the_cpu_kernels() {
                 .zip(g)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(worst <= 1e-4 * scale, "{name} {what}: off by {worst} (scale {scale})");
+            assert!(
+                worst <= 1e-4 * scale,
+                "{name} {what}: off by {worst} (scale {scale})"
+            );
         }
     }
     fgvc_ops::set_tf32(true);

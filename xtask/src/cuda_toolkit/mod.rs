@@ -79,7 +79,10 @@ impl Toolkit {
         ];
         if self.runtime {
             let lib = self.root.join("lib");
-            env.push(("LD_LIBRARY_PATH".to_string(), prepend("LD_LIBRARY_PATH", &lib)));
+            env.push((
+                "LD_LIBRARY_PATH".to_string(),
+                prepend("LD_LIBRARY_PATH", &lib),
+            ));
         }
         env
     }
@@ -88,7 +91,10 @@ impl Toolkit {
     pub fn exports(&self) -> String {
         let mut s = String::new();
         for (k, v) in self.env() {
-            s.push_str(&format!("export {k}={}\n", shell_quote(&v.to_string_lossy())));
+            s.push_str(&format!(
+                "export {k}={}\n",
+                shell_quote(&v.to_string_lossy())
+            ));
         }
         if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
             s.push_str(&format!(
@@ -133,7 +139,7 @@ pub fn installed(release: &Release, dir: &Path, runtime: bool) -> Option<Toolkit
     let complete = record.release == release.name
         && (record.runtime || !runtime)
         && want.iter().all(|h| record.wheels.contains(h));
-    complete.then(|| Toolkit {
+    complete.then_some(Toolkit {
         root,
         runtime: record.runtime,
     })
@@ -149,7 +155,10 @@ pub fn install(dl: &Downloader, release: &Release, opts: &Options) -> Result<Too
         );
     }
     if let Some(t) = installed(release, &opts.dir, opts.runtime) {
-        say(dl, format!("CUDA {}: installed at {}", release.name, t.root.display()));
+        say(
+            dl,
+            format!("CUDA {}: installed at {}", release.name, t.root.display()),
+        );
         return Ok(t);
     }
     let wheels_dir = opts.dir.join("wheels");
@@ -197,12 +206,17 @@ pub fn install(dl: &Downloader, release: &Release, opts: &Options) -> Result<Too
     }
     if root.exists() {
         // An older install with less in it (no runtime libraries): ours replaces it.
-        let old = opts.dir.join(format!(".{}.old-{}", release.name, std::process::id()));
+        let old = opts
+            .dir
+            .join(format!(".{}.old-{}", release.name, std::process::id()));
         fs::rename(&root, &old).with_context(|| format!("moving {} aside", root.display()))?;
         let _ = fs::remove_dir_all(&old);
     }
     fs::rename(&staging, &root).with_context(|| format!("placing {}", root.display()))?;
-    say(dl, format!("CUDA {}: installed at {}", release.name, root.display()));
+    say(
+        dl,
+        format!("CUDA {}: installed at {}", release.name, root.display()),
+    );
     Ok(Toolkit {
         root,
         runtime: opts.runtime,
@@ -273,10 +287,15 @@ fn cudarc_source() -> Result<PathBuf> {
         .status()
         .with_context(|| format!("could not run {cargo} fetch"))?;
     if !status.success() {
-        bail!("`cargo fetch` failed ({status}); cudarc {version}'s source is needed for link stubs");
+        bail!(
+            "`cargo fetch` failed ({status}); cudarc {version}'s source is needed for link stubs"
+        );
     }
     stubs::registry_source(&home, "cudarc", &version).with_context(|| {
-        format!("cudarc-{version} is not under {}/registry/src", home.display())
+        format!(
+            "cudarc-{version} is not under {}/registry/src",
+            home.display()
+        )
     })
 }
 

@@ -88,7 +88,10 @@ pub fn write_stubs(cudarc: &Path, libs: &[Linked], out: &Path) -> Result<Vec<(St
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let mut made = Vec::new();
     for lib in libs {
-        let sys = cudarc.join("src").join(lib.cudarc_module).join("sys/mod.rs");
+        let sys = cudarc
+            .join("src")
+            .join(lib.cudarc_module)
+            .join("sys/mod.rs");
         let source = fs::read_to_string(&sys).with_context(|| format!("{}", sys.display()))?;
         let names = declared_functions(&source);
         if names.is_empty() {

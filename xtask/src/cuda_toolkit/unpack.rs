@@ -58,7 +58,10 @@ pub fn unpack_wheel(wheel: &Path, prefix: &Path) -> Result<usize> {
             bail!("{}: refusing the symlink `{name}`", wheel.display());
         }
         if !(member.is_file() || member.is_dir()) {
-            bail!("{}: refusing `{name}`: not a file or folder", wheel.display());
+            bail!(
+                "{}: refusing `{name}`: not a file or folder",
+                wheel.display()
+            );
         }
         plan.push((i, dest, member.is_dir(), member.unix_mode()));
     }

@@ -48,7 +48,11 @@ pub fn run(args: &TrainCubArgs) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(plan.cargo_args())
-        .envs(crate::device_build_env(plan.device, &Downloader::new(), true)?)
+        .envs(crate::device_build_env(
+            plan.device,
+            &Downloader::new(),
+            true,
+        )?)
         .current_dir(&root)
         .status()
         .with_context(|| format!("could not start {cargo}"))?;

@@ -159,7 +159,8 @@ impl Drop for ConvDesc {
 }
 
 fn to_c(v: usize) -> Result<c_int> {
-    c_int::try_from(v).map_err(|_| candle_core::Error::Msg(format!("cuDNN: size {v} exceeds a C int")))
+    c_int::try_from(v)
+        .map_err(|_| candle_core::Error::Msg(format!("cuDNN: size {v} exceeds a C int")))
 }
 
 fn dims_c(d: [usize; 4]) -> Result<[c_int; 4]> {
@@ -281,7 +282,8 @@ impl Algorithms<'_> {
             sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as usize;
         let a = self.cached(Pass::BackwardData, || {
             // SAFETY: as in `forward`.
-            let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
+            let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] =
+                unsafe { std::mem::zeroed() };
             let mut n: c_int = 0;
             // SAFETY: the descriptors are live, `perf` holds N records.
             unsafe {
