@@ -16,10 +16,12 @@
 //!   link stubs (`src/cuda_toolkit/`); prints `export` lines;
 //! - `build [--device cpu|cuda|metal] [-- CARGO ARGS]`: `cargo build` with the device's feature and
 //!   environment;
+//! - `device-check --prepare DIR`: the one-shot GPU check's bundle (`src/device_check.rs`);
 //! - `protos [--check]`: the committed protobuf code (ONNX), regenerated with protox and prost-build.
 
 mod bench;
 mod cuda;
+mod device_check;
 mod fuzz;
 
 use std::path::{Path, PathBuf};
@@ -75,6 +77,9 @@ enum Task {
     /// `cargo build` for a device: `--device cuda` adds the feature and the CUDA environment (the
     /// system's CUDA, or the toolkit installed on demand). Arguments after `--` go to cargo.
     Build(cuda::BuildArgs),
+    /// Prepare the one-shot GPU check: the CUDA `device_check` binary (release, stripped, gzipped), the
+    /// PyTorch script and `run.sh`, under 60 MiB, for a bare GPU machine (docs/gpu.md).
+    DeviceCheck(device_check::DeviceCheckArgs),
     /// Regenerate the committed Rust code of the protobuf schemas (ONNX) with protox and prost-build.
     Protos {
         /// Only check that the committed code is up to date.
@@ -144,6 +149,7 @@ fn main() -> Result<()> {
         Task::Fuzz(args) => fuzz::run(&args),
         Task::CudaToolkit(args) => cuda::toolkit(&args),
         Task::Build(args) => cuda::build(&args),
+        Task::DeviceCheck(args) => device_check::run(&args),
         Task::Protos { check } => xtask::protos::run(check),
         Task::Download {
             dataset,

@@ -672,3 +672,20 @@ fn a_fake_cub_and_local_weights_plan_without_downloading() {
     assert!(text.contains("epochs: 1 (the reproduction: 180)"), "{text}");
     assert!(text.contains("paper: no published number"), "{text}");
 }
+
+#[test]
+fn a_long_projection_is_read_from_the_estimate_and_the_estimate_is_the_same_command() {
+    let p = plan(&["--device", "cpu"]);
+    let (run, estimate) = (p.cargo_args(), p.estimate_args());
+    assert_eq!(estimate[..run.len()], run[..]);
+    assert_eq!(estimate[run.len()..], ["--estimate", "3"]);
+    let stdout =
+        "building...\n{\"device\":\"cpu\",\"seconds_per_step\":3.0,\"projected_hours\":187.5}\n";
+    assert_eq!(xtask::train_cub::projected_hours(stdout).unwrap(), 187.5);
+    assert!(187.5 > xtask::train_cub::MAX_HOURS);
+    assert!(xtask::train_cub::projected_hours("no json here").is_err());
+    assert!(xtask::train_cub::projected_hours("{\"device\":\"cpu\"}").is_err());
+    // Without --device, the GPU when nvidia-smi lists one.
+    let auto = plan(&[]);
+    assert_eq!(auto.device, xtask::train_cub::default_device());
+}

@@ -77,6 +77,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "SECS", default_value_t = 600, requires = "distributed",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub dist_timeout: u64,
+    /// Time N training steps of the configuration on random batches, print the projected duration of the
+    /// whole run (one JSON line on stdout) and exit; the run directory is not touched.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub estimate: Option<u64>,
 }
 
 fn load_config(path: Option<&Path>, set: &[String]) -> Result<Config> {
@@ -98,6 +102,30 @@ fn pin_threads(config: &Config) {
     }
 }
 
+/// `fgvc train --estimate N`: the projected duration, readable on stderr and as JSON on stdout.
+fn estimate(config: &Config, device: &Device, choice: DeviceChoice, steps: usize) -> Result<()> {
+    let e = fgvc_train::bench::estimate(config, device, steps)?;
+    eprintln!(
+        "estimate on {choice}: {:.3} s per step x {} steps per epoch x {} epochs = {:.1} h of training \
+         (data loading and evaluation not counted)",
+        e.seconds_per_step,
+        e.steps_per_epoch,
+        e.epochs,
+        e.hours()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "device": choice.name(),
+            "seconds_per_step": e.seconds_per_step,
+            "steps_per_epoch": e.steps_per_epoch,
+            "epochs": e.epochs,
+            "projected_hours": e.hours(),
+        })
+    );
+    Ok(())
+}
+
 /// Trains as `args` says and prints the result. The run directory is left to the library: it is locked,
 /// and an earlier run there is refused unless `--resume` or `--overwrite` says what to do with it.
 pub fn train(args: &TrainArgs) -> Result<()> {
@@ -113,6 +141,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         PathBuf::from("runs").join(stem)
     });
     let device = args.device.open()?;
+    if let Some(steps) = args.estimate {
+        return estimate(&config, &device, args.device, steps as usize);
+    }
     let group = if args.distributed {
         crate::distributed::join(Duration::from_secs(args.dist_timeout))?
     } else {

@@ -347,3 +347,26 @@ fn a_bad_isa_level_is_refused_and_a_cap_is_logged() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("; CPU kernels scalar"), "{err}");
 }
+
+#[test]
+fn an_estimate_times_steps_projects_the_run_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let stdout = ok(train_cmd(&out, &["train.epochs=3"])
+        .args(["--estimate", "2"])
+        .output()
+        .unwrap());
+    let line = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    // 4 classes x 8 training images, batch 8: 4 steps per epoch.
+    assert_eq!(v["steps_per_epoch"], 4);
+    assert_eq!(v["epochs"], 3);
+    assert_eq!(v["device"], "cpu");
+    let per_step = v["seconds_per_step"].as_f64().unwrap();
+    let hours = v["projected_hours"].as_f64().unwrap();
+    assert!(per_step > 0.0 && (hours * 3600.0 - per_step * 12.0).abs() < 1e-9);
+    assert!(
+        !out.exists(),
+        "an estimate must not create the run directory"
+    );
+}

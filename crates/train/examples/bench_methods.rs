@@ -23,62 +23,17 @@
 //! The CPU thread count is candle's (`RAYON_NUM_THREADS`, default: all cores).
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
-use fgvc_data::Batch;
+use candle_core::Device;
+use fgvc_train::bench::{median, method_config, StepBench};
 use fgvc_train::device::DeviceChoice;
-use fgvc_train::method::{Accumulator, StepContext};
-use fgvc_train::optim::build_optimizer;
-use fgvc_train::registry::{self, build_method};
-use fgvc_train::Config;
-use rand::{Rng, SeedableRng};
 
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// The method's reproduction configuration for `backbone`, `size` and `batch`, without pretrained weights.
-fn config_for(method: &str, backbone: &str, size: usize, batch: usize) -> Result<Config> {
-    let spec = registry::lookup(method)?;
-    let preset = spec
-        .presets
-        .cub
-        .with_context(|| format!("{method} ships no CUB configuration"))?;
-    let overrides = [
-        format!("data.batch_size={batch}"),
-        format!("data.crop={size}"),
-    ];
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut config = preset.load(&root, &overrides)?;
-    config.model.pretrained = None;
-    if config.model.backbone != backbone {
-        // Widths tied to the file's backbone fall back to the official rule (half the deepest stage), and
-        // the shape options of the file's backbone go.
-        config.method.options.remove("block_channels");
-        if backbone == "mobilenet_v2" {
-            config.model.base_width = None;
-        } else {
-            config.model.width_mult = None;
-            config.model.first_stride = None;
-        }
-        config.model.backbone = backbone.to_string();
-    }
-    Ok(config)
 }
 
 fn main() -> Result<()> {
@@ -111,55 +66,21 @@ fn main() -> Result<()> {
     let iters: usize = positional[4].parse().context("iters")?;
     let dev = device_name.parse::<DeviceChoice>()?.open()?;
 
-    let config = config_for(method_name, backbone, size, batch)?;
-    let mut method = build_method(&config, classes, &dev)?;
-    // The optimiser exactly as the trainer builds it.
-    let mut optimizer = build_optimizer(&config, &*method)?;
-    let parameters: usize = method
-        .store()
-        .trainable()
-        .iter()
-        .filter(|(n, _)| !fgvc_ops::is_buffer(n))
-        .map(|(_, v)| v.elem_count())
-        .sum();
-    // The last epoch: past Coarse2Fine's coarse stage and RMG-PMSI's backbone freeze.
-    let epoch = config.train.epochs.saturating_sub(1);
-    optimizer.groups_mut().apply_freezing(epoch);
-    let mut accumulator = Accumulator::new(config.optim.accumulate);
-
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
-    let images = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &dev)?;
-    let labels: Vec<u32> = (0..batch)
-        .map(|_| rng.random_range(0..classes as u32))
-        .collect();
-    let batch_data = Batch {
-        images,
-        labels: Tensor::from_vec(labels, batch, &dev)?,
-        indices: (0..batch).collect(),
-    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let config = method_config(&root, method_name, backbone, size, batch)?;
+    let mut bench = StepBench::new(config, classes, &dev)?;
+    let parameters = bench.parameters();
+    let batch_data = bench.random_batch((batch, size), classes, &dev)?;
 
     let mut times = Vec::with_capacity(iters);
     let mut optimizer_steps = 0;
     let mut loss = f64::NAN;
     for it in 0..=iters {
-        let t0 = Instant::now();
-        let mut ctx = StepContext::new(
-            &mut *optimizer,
-            &mut accumulator,
-            config.optim.clip_grad_norm,
-            true,
-            config.seed,
-            epoch,
-            it as u64,
-        );
-        let stats = method.train_step(&batch_data, &mut ctx)?;
-        optimizer_steps = ctx.phase();
-        dev.synchronize()?;
-        let dt = t0.elapsed().as_secs_f64();
-        if !stats.loss.is_finite() {
-            bail!("non-finite loss {}", stats.loss);
+        let (step_loss, phases, dt) = bench.step(&batch_data)?;
+        if !step_loss.is_finite() {
+            bail!("non-finite loss {step_loss}");
         }
-        loss = stats.loss;
+        (loss, optimizer_steps) = (step_loss, phases);
         if it > 0 {
             times.push(dt);
         }

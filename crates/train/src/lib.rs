@@ -34,6 +34,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -14,6 +14,7 @@
 mod args;
 mod criterion;
 mod examples;
+pub use examples::executable_from_cargo_messages;
 mod machine;
 mod measurement;
 mod pytorch;

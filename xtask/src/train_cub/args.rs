@@ -104,9 +104,10 @@ pub struct TrainCubArgs {
     /// The backbone (default: the method's paper backbone, resnet50; mobilenet_v2 for rmg-pmsi).
     #[arg(long, value_enum)]
     pub backbone: Option<BackboneArg>,
-    /// Where to train; cuda and metal build the CLI with `--features cuda` / `--features metal`.
-    #[arg(long, value_parser = crate::device_arg::parser(), default_value_t = DeviceChoice::Cpu)]
-    pub device: DeviceChoice,
+    /// Where to train; cuda and metal build the CLI with `--features cuda` / `--features metal`
+    /// (default: cuda when `nvidia-smi` sees a GPU, else cpu).
+    #[arg(long, value_parser = crate::device_arg::parser())]
+    pub device: Option<DeviceChoice>,
     /// Train this many epochs instead of the reproduction's (the result is then not comparable).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -135,6 +136,10 @@ pub struct TrainCubArgs {
     /// Continue the run in the run directory from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start even when the run is projected to take over 24 hours on this device (a few steps are timed
+    /// first; `--yes` skips that too).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 impl Default for TrainCubArgs {
@@ -142,7 +147,7 @@ impl Default for TrainCubArgs {
         TrainCubArgs {
             method: MethodArg(pmg::SPEC),
             backbone: None,
-            device: DeviceChoice::Cpu,
+            device: Some(DeviceChoice::Cpu),
             epochs: None,
             data: None,
             weights_dir: None,
@@ -152,6 +157,7 @@ impl Default for TrainCubArgs {
             no_download: false,
             dry_run: false,
             resume: false,
+            yes: false,
         }
     }
 }

@@ -28,10 +28,26 @@ use anyhow::{bail, Context, Result};
 pub use args::{BackboneArg, MethodArg, TrainCubArgs};
 pub use fetch::{cub_problem, fetch, Missing, CUB_FILES};
 pub use paper::paper_result;
-pub use plan::Plan;
+pub use plan::{default_device, Plan};
 pub use report::{format_comparison, read_result, RunResult};
 
 use crate::download::Downloader;
+
+/// The longest projected run `train-cub` starts without `--yes`.
+pub const MAX_HOURS: f64 = 24.0;
+
+/// The projected hours in the JSON line `fgvc train --estimate` prints last on stdout.
+pub fn projected_hours(stdout: &str) -> Result<f64> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("`fgvc train --estimate` printed no projection")?;
+    let v: serde_json::Value = serde_json::from_str(line).context("reading the projection")?;
+    v["projected_hours"]
+        .as_f64()
+        .context("the projection has no projected_hours")
+}
 
 /// `cargo xtask train-cub`: plans, fetches what is missing, trains and evaluates through `fgvc train`, and
 /// prints the result next to the paper's.
@@ -46,6 +62,30 @@ pub fn run(args: &TrainCubArgs) -> Result<()> {
     fetch(&plan, &Downloader::new(), &args.mirror, args.no_download)?;
     plan.write_derived()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let env = crate::device_build_env(plan.device, &Downloader::new(), true)?;
+    if !args.yes && !plan.resume {
+        let out = Command::new(&cargo)
+            .args(plan.estimate_args())
+            .envs(env.clone())
+            .current_dir(&root)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("could not start {cargo}"))?;
+        if !out.status.success() {
+            bail!(
+                "timing a few steps failed ({}); see its output above",
+                out.status
+            );
+        }
+        let hours = projected_hours(&String::from_utf8_lossy(&out.stdout))?;
+        if hours > MAX_HOURS {
+            bail!(
+                "this run is projected to take {hours:.0} hours on {} (training steps alone); start it \
+                 anyway with --yes, or train on a GPU (--device cuda)",
+                plan.device
+            );
+        }
+    }
     let status = Command::new(&cargo)
         .args(plan.cargo_args())
         .envs(crate::device_build_env(

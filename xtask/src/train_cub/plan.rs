@@ -172,7 +172,7 @@ impl Plan {
             root: root.to_path_buf(),
             method,
             backbone,
-            device: args.device,
+            device: args.device.unwrap_or_else(default_device),
             base_config,
             base_backbone,
             derived_config,
@@ -279,6 +279,13 @@ impl Plan {
         if self.resume {
             args.push("--resume".into());
         }
+        args
+    }
+
+    /// The cargo arguments of the projection: [`Plan::cargo_args`] with `--estimate 3`.
+    pub fn estimate_args(&self) -> Vec<String> {
+        let mut args = self.cargo_args();
+        args.extend(["--estimate".to_string(), "3".to_string()]);
         args
     }
 
@@ -428,5 +435,18 @@ mod tests {
         assert!(!remove_key(&mut t, "data.root"));
         assert!(remove_key(&mut t, "method.options.k"));
         assert!(t["model"].as_table().unwrap().is_empty());
+    }
+}
+
+/// The device when `--device` is not given: CUDA when `nvidia-smi` lists a GPU, else the CPU.
+pub fn default_device() -> DeviceChoice {
+    let gpu = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"GPU"));
+    if gpu {
+        DeviceChoice::Cuda
+    } else {
+        DeviceChoice::Cpu
     }
 }

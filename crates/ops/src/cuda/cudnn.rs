@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::ffi::c_int;
 use std::rc::Rc;
 
-use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
+use candle_core::cuda_backend::cudarc::cudnn::result::{self, CudnnError};
+use candle_core::cuda_backend::cudarc::cudnn::sys;
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
 use candle_core::Result;
 
@@ -195,12 +196,12 @@ enum Algo {
 /// The first of cuDNN's heuristic candidates (best first) that succeeded and is deterministic.
 fn first_deterministic<P, A>(
     perf: &[P],
-    ok: impl Fn(&P) -> (sys::cudnnStatus_t, sys::cudnnDeterminism_t, A),
+    fields: impl Fn(&P) -> (sys::cudnnStatus_t, sys::cudnnDeterminism_t, A),
     pass: Pass,
     g: &Geometry,
 ) -> Result<A> {
     perf.iter()
-        .map(ok)
+        .map(fields)
         .find(|(status, det, _)| {
             *status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
                 && *det == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
@@ -241,35 +242,48 @@ impl Algorithms<'_> {
         Ok(a)
     }
 
+    /// Asks cuDNN for its ranked candidates of one pass (`query` fills up to `count` records at the pointer
+    /// and says how many it wrote) and keeps the first deterministic one, cached for the shape.
+    fn choose<P: Copy>(
+        &self,
+        pass: Pass,
+        count: usize,
+        query: impl FnOnce(*mut P, c_int, &mut c_int) -> std::result::Result<(), CudnnError>,
+        fields: impl Fn(&P) -> (sys::cudnnStatus_t, sys::cudnnDeterminism_t, Algo),
+    ) -> Result<Algo> {
+        self.cached(pass, || {
+            // SAFETY: all-zero is a valid perf record (integers, and enums whose 0 is a variant).
+            let mut perf: Vec<P> = vec![unsafe { std::mem::zeroed() }; count];
+            let mut n: c_int = 0;
+            query(perf.as_mut_ptr(), count as c_int, &mut n).map_err(candle_core::Error::wrap)?;
+            let returned = &perf[..n.clamp(0, count as c_int) as usize];
+            first_deterministic(returned, fields, pass, &self.geom)
+        })
+    }
+
     /// The forward algorithm.
     pub(crate) fn forward(&self) -> Result<sys::cudnnConvolutionFwdAlgo_t> {
-        const N: usize = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
-        let a = self.cached(Pass::Forward, || {
-            // SAFETY: all-zero is a valid perf record (plain integers and enums whose 0 is a variant).
-            let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
-            let mut n: c_int = 0;
-            // SAFETY: the descriptors are live, `perf` holds N records.
-            unsafe {
+        let count = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
+        // SAFETY (the query): the handle and descriptors are live; cuDNN writes at most `c` records.
+        let a = self.choose(
+            Pass::Forward,
+            count,
+            |p, c, n| unsafe {
                 result::get_convolution_forward_algorithm(
                     self.handle.raw,
                     self.x.0,
                     self.w.0,
                     self.conv.0,
                     self.y.0,
-                    N as c_int,
-                    &mut n,
-                    perf.as_mut_ptr(),
+                    c,
+                    n,
+                    p,
                 )
-            }
-            .map_err(candle_core::Error::wrap)?;
-            let found = first_deterministic(
-                &perf[..n.clamp(0, N as c_int) as usize],
-                |p| (p.status, p.determinism, p.algo),
-                Pass::Forward,
-                &self.geom,
-            )?;
-            Ok(Algo::Forward(found))
-        })?;
+            },
+            |p: &sys::cudnnConvolutionFwdAlgoPerf_t| {
+                (p.status, p.determinism, Algo::Forward(p.algo))
+            },
+        )?;
         match a {
             Algo::Forward(a) => Ok(a),
             _ => unreachable!("the forward key holds a forward algorithm"),
@@ -278,35 +292,28 @@ impl Algorithms<'_> {
 
     /// The backward-data algorithm.
     pub(crate) fn backward_data(&self) -> Result<sys::cudnnConvolutionBwdDataAlgo_t> {
-        const N: usize =
+        let count =
             sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as usize;
-        let a = self.cached(Pass::BackwardData, || {
-            // SAFETY: as in `forward`.
-            let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] =
-                unsafe { std::mem::zeroed() };
-            let mut n: c_int = 0;
-            // SAFETY: the descriptors are live, `perf` holds N records.
-            unsafe {
+        // SAFETY: as in `forward`.
+        let a = self.choose(
+            Pass::BackwardData,
+            count,
+            |p, c, n| unsafe {
                 result::get_convolution_backward_data_algorithm(
                     self.handle.raw,
                     self.w.0,
                     self.y.0,
                     self.conv.0,
                     self.x.0,
-                    N as c_int,
-                    &mut n,
-                    perf.as_mut_ptr(),
+                    c,
+                    n,
+                    p,
                 )
-            }
-            .map_err(candle_core::Error::wrap)?;
-            let found = first_deterministic(
-                &perf[..n.clamp(0, N as c_int) as usize],
-                |p| (p.status, p.determinism, p.algo),
-                Pass::BackwardData,
-                &self.geom,
-            )?;
-            Ok(Algo::BackwardData(found))
-        })?;
+            },
+            |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| {
+                (p.status, p.determinism, Algo::BackwardData(p.algo))
+            },
+        )?;
         match a {
             Algo::BackwardData(a) => Ok(a),
             _ => unreachable!("the backward-data key holds a backward-data algorithm"),
@@ -315,35 +322,28 @@ impl Algorithms<'_> {
 
     /// The backward-filter algorithm.
     pub(crate) fn backward_filter(&self) -> Result<sys::cudnnConvolutionBwdFilterAlgo_t> {
-        const N: usize =
+        let count =
             sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT as usize;
-        let a = self.cached(Pass::BackwardFilter, || {
-            // SAFETY: as in `forward`.
-            let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] =
-                unsafe { std::mem::zeroed() };
-            let mut n: c_int = 0;
-            // SAFETY: the descriptors are live, `perf` holds N records.
-            unsafe {
+        // SAFETY: as in `forward`.
+        let a = self.choose(
+            Pass::BackwardFilter,
+            count,
+            |p, c, n| unsafe {
                 result::get_convolution_backward_filter_algorithm(
                     self.handle.raw,
                     self.x.0,
                     self.y.0,
                     self.conv.0,
                     self.w.0,
-                    N as c_int,
-                    &mut n,
-                    perf.as_mut_ptr(),
+                    c,
+                    n,
+                    p,
                 )
-            }
-            .map_err(candle_core::Error::wrap)?;
-            let found = first_deterministic(
-                &perf[..n.clamp(0, N as c_int) as usize],
-                |p| (p.status, p.determinism, p.algo),
-                Pass::BackwardFilter,
-                &self.geom,
-            )?;
-            Ok(Algo::BackwardFilter(found))
-        })?;
+            },
+            |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| {
+                (p.status, p.determinism, Algo::BackwardFilter(p.algo))
+            },
+        )?;
         match a {
             Algo::BackwardFilter(a) => Ok(a),
             _ => unreachable!("the backward-filter key holds a backward-filter algorithm"),
