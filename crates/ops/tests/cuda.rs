@@ -11,6 +11,9 @@ use fgvc_ops::{conv2d, depthwise_conv2d, Conv2dConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// A convolution case: name, input and weight shapes, geometry, depthwise.
+type ConvCase = (&'static str, [usize; 4], [usize; 4], Conv2dConfig, bool);
+
 fn cuda() -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(d) => Some(d),
@@ -55,7 +58,7 @@ fn cudnn_convolutions_match_the_cpu_kernels() {
     let mut cfg_sd = Conv2dConfig::new(2, 1);
     cfg_sd.dilation = (1, 2);
     cfg_sd.padding = (1, 2);
-    let cases: Vec<(&str, [usize; 4], [usize; 4], Conv2dConfig, bool)> = vec![
+    let cases: Vec<ConvCase> = vec![
         (
             "3x3 same",
             [2, 5, 9, 11],

@@ -144,6 +144,9 @@ fn with_grads(
     Ok(out)
 }
 
+/// A convolution case: name, input and weight shapes, geometry, depthwise.
+type ConvCase = (&'static str, [usize; 4], [usize; 4], Conv2dConfig, bool);
+
 fn check_ops(gpu: &Device) -> Result<Vec<Check>> {
     fgvc_ops::set_tf32(false);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -151,7 +154,7 @@ fn check_ops(gpu: &Device) -> Result<Vec<Check>> {
     let mut dilated = Conv2dConfig::new(2, 1);
     dilated.dilation = (1, 2);
     dilated.padding = (1, 2);
-    let convs: Vec<(&str, [usize; 4], [usize; 4], Conv2dConfig, bool)> = vec![
+    let convs: Vec<ConvCase> = vec![
         (
             "conv 3x3 same",
             [4, 16, 28, 30],

@@ -421,6 +421,19 @@ fn choose_config(
     Ok((root.join(preset.file()), method.paper_backbone()))
 }
 
+/// The device when `--device` is not given: CUDA when `nvidia-smi` lists a GPU, else the CPU.
+pub fn default_device() -> DeviceChoice {
+    let gpu = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"GPU"));
+    if gpu {
+        DeviceChoice::Cuda
+    } else {
+        DeviceChoice::Cpu
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,18 +448,5 @@ mod tests {
         assert!(!remove_key(&mut t, "data.root"));
         assert!(remove_key(&mut t, "method.options.k"));
         assert!(t["model"].as_table().unwrap().is_empty());
-    }
-}
-
-/// The device when `--device` is not given: CUDA when `nvidia-smi` lists a GPU, else the CPU.
-pub fn default_device() -> DeviceChoice {
-    let gpu = std::process::Command::new("nvidia-smi")
-        .arg("-L")
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"GPU"));
-    if gpu {
-        DeviceChoice::Cuda
-    } else {
-        DeviceChoice::Cpu
     }
 }
