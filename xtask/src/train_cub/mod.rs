@@ -88,11 +88,7 @@ pub fn run(args: &TrainCubArgs) -> Result<()> {
     }
     let status = Command::new(&cargo)
         .args(plan.cargo_args())
-        .envs(crate::device_build_env(
-            plan.device,
-            &Downloader::new(),
-            true,
-        )?)
+        .envs(env)
         .current_dir(&root)
         .status()
         .with_context(|| format!("could not start {cargo}"))?;
