@@ -7,7 +7,7 @@
 //! ```
 //!
 //! 1. **ops**: each fgvc-ops op on CUDA against the CPU kernels: forward, every gradient, the running
-//!    statistics, the optimiser updates (full f32: TF32 off).
+//!    statistics, the optimiser updates (this and the next in full f32: TF32 off).
 //! 2. **steps**: one whole training step of ResNet-50, MobileNetV2 and VGG-16-BN (the baseline) and of every
 //!    method recipe on CUDA against the CPU from the same weights and batch: the loss, every parameter's
 //!    update and every buffer.
@@ -148,7 +148,6 @@ fn with_grads(
 type ConvCase = (&'static str, [usize; 4], [usize; 4], Conv2dConfig, bool);
 
 fn check_ops(gpu: &Device) -> Result<Vec<Check>> {
-    fgvc_ops::set_tf32(false);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let mut checks = Vec::new();
     let mut dilated = Conv2dConfig::new(2, 1);
@@ -296,7 +295,6 @@ fn check_ops(gpu: &Device) -> Result<Vec<Check>> {
             ("v", v.as_tensor().clone()),
         ])
     }));
-    fgvc_ops::set_tf32(true);
     Ok(checks)
 }
 
@@ -534,6 +532,8 @@ fn main() -> Result<()> {
         }
     };
     let started = Instant::now();
+    // The comparisons with the CPU in full f32; the benchmark and the training as PyTorch runs (TF32).
+    fgvc_ops::set_tf32(false);
     let mut checks = check_ops(&gpu)?;
     eprintln!("ops: done in {:.0} s", started.elapsed().as_secs_f64());
     for (method, backbone) in STEPS {
@@ -545,6 +545,7 @@ fn main() -> Result<()> {
                 .map_or("", |c| if c.passed() { "ok" } else { "FAILED" })
         );
     }
+    fgvc_ops::set_tf32(true);
     let mut bench = Vec::new();
     if !skip.contains("bench") {
         for (method, backbone) in STEPS.iter().skip(2) {
