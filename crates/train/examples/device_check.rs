@@ -603,7 +603,7 @@ fn main() -> Result<()> {
             c.detail
         ));
     }
-    md.push_str("\n| method | backbone | ours img/s | PyTorch img/s | ours MiB | PyTorch MiB |\n|---|---|---|---|---|---|\n");
+    md.push_str("\n| method | backbone | ours img/s | PyTorch img/s | ours MiB (driver, in use after a step) | PyTorch MiB (max_memory_allocated) |\n|---|---|---|---|---|---|\n");
     for b in &bench {
         let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
         md.push_str(&format!(
