@@ -60,7 +60,7 @@ pub struct BuildArgs {
 
 /// Runs `cargo build` with the device's feature and environment.
 pub fn build(args: &BuildArgs) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = xtask::cargo();
     let mut cmd = Command::new(&cargo);
     cmd.arg("build");
     if args.cargo_args.is_empty() {

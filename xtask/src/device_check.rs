@@ -66,7 +66,7 @@ pub fn run(args: &DeviceCheckArgs) -> Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     env.push(("FGVC_COMMIT".into(), commit.into()));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = xtask::cargo();
     let out = Command::new(&cargo)
         .args([
             "build",

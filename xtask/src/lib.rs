@@ -27,6 +27,11 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The cargo that runs xtask (`$CARGO`), else `cargo` from `PATH`.
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 /// The environment a cargo command building for `device` needs: for CUDA, [`cuda_toolkit::build_env`]
 /// (the system's CUDA, or the toolkit installed on demand); nothing for the CPU and Metal.
 pub fn device_build_env(

@@ -206,7 +206,7 @@ fn fgvc_binary(args: &SyntheticTableArgs, root: &Path) -> Result<PathBuf> {
     if let Some(p) = &args.fgvc {
         return Ok(p.clone());
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let status = Command::new(cargo)
         .current_dir(root)
         .args(["build", "--release", "-p", "fgvc-cli", "--bin", "fgvc"])

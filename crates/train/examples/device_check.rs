@@ -45,6 +45,24 @@ struct Check {
 }
 
 impl Check {
+    /// The check `name` of `section` from what its comparison gave: the worst relative difference and a
+    /// detail line, or the error that stopped it (a failure).
+    fn new(
+        section: &'static str,
+        name: impl Into<String>,
+        tolerance: f64,
+        outcome: Result<(f64, String)>,
+    ) -> Self {
+        let (worst, detail) = outcome.unwrap_or_else(|e| (f64::INFINITY, format!("error: {e:#}")));
+        Check {
+            section,
+            name: name.into(),
+            worst,
+            tolerance,
+            detail,
+        }
+    }
+
     fn passed(&self) -> bool {
         self.worst <= self.tolerance
     }
@@ -102,22 +120,7 @@ fn compare(
         }
         Ok((worst, parts.join(", ")))
     })();
-    match outcome {
-        Ok((worst, detail)) => Check {
-            section: "ops",
-            name: name.into(),
-            worst,
-            tolerance,
-            detail,
-        },
-        Err(e) => Check {
-            section: "ops",
-            name: name.into(),
-            worst: f64::INFINITY,
-            tolerance,
-            detail: format!("error: {e:#}"),
-        },
-    }
+    Check::new("ops", name, tolerance, outcome)
 }
 
 /// y and the gradients of sum(y * r) with respect to `inputs` (moved to `dev` as variables).
@@ -347,14 +350,7 @@ fn check_step(gpu: &Device, root: &Path, method: &str, backbone: &str) -> Check 
             format!("loss cpu {l_cpu:.5} cuda {l_gpu:.5}; worst: {worst_name}"),
         ))
     })();
-    let (worst, detail) = outcome.unwrap_or_else(|e| (f64::INFINITY, format!("error: {e:#}")));
-    Check {
-        section: "steps",
-        name,
-        worst,
-        tolerance: 2e-3,
-        detail,
-    }
+    Check::new("steps", name, 2e-3, outcome)
 }
 
 /// The (method, backbone) pairs: the three backbones under the baseline, then each method on its paper's.
@@ -497,14 +493,7 @@ fn check_resume(gpu: &Device, root: &Path, dir: &Path) -> Check {
             .fold(0f64, f64::max);
         Ok((worst, format!("{} tensors compared", a.len())))
     })();
-    let (worst, detail) = outcome.unwrap_or_else(|e| (f64::INFINITY, format!("error: {e:#}")));
-    Check {
-        section: "train",
-        name: "stopped and resumed = uninterrupted".into(),
-        worst,
-        tolerance: 0.0,
-        detail,
-    }
+    Check::new("train", "stopped and resumed = uninterrupted", 0.0, outcome)
 }
 
 fn main() -> Result<()> {

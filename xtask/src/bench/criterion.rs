@@ -5,7 +5,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::{cargo, BenchArgs, Suite};
+use super::{BenchArgs, Suite};
+use xtask::cargo;
 
 /// The criterion suites: package, its directory, and the bench target (`None`: all of the package's).
 pub(super) const CRITERION_SUITES: &[(Suite, &str, &str, Option<&str>)] = &[

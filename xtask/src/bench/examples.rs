@@ -15,7 +15,8 @@ use super::measurement::{parse_json_line, Measurement, Row, TorchSide};
 use super::pytorch::PyTorch;
 use super::render::{records_json, render_markdown, RunInfo};
 use super::workloads::{backbone_workloads, filter_workloads, method_workloads};
-use super::{cargo, target_dir, BenchArgs, Suite};
+use super::{target_dir, BenchArgs, Suite};
+use xtask::cargo;
 
 const DEFAULT_ITERS: usize = 3;
 

@@ -38,10 +38,6 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| xtask::workspace_root().join("target"))
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
 /// Runs `cargo xtask bench` as `args` says.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let torch = resolve_pytorch(args);

@@ -96,10 +96,8 @@ impl Toolkit {
                 shell_quote(&v.to_string_lossy())
             ));
         }
-        if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
-            s.push_str(&format!(
-                "export CUDA_COMPUTE_CAP=${{CUDA_COMPUTE_CAP:-{DEFAULT_COMPUTE_CAP}}}\n"
-            ));
+        if compute_cap_needed() {
+            s.push_str(&format!("export CUDA_COMPUTE_CAP={DEFAULT_COMPUTE_CAP}\n"));
         }
         s
     }
@@ -280,7 +278,7 @@ fn cudarc_source() -> Result<PathBuf> {
     if let Some(p) = stubs::registry_source(&home, "cudarc", &version) {
         return Ok(p);
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let status = Command::new(&cargo)
         .args(["fetch", "--locked"])
         .current_dir(&root)
@@ -320,13 +318,19 @@ pub fn system_cuda() -> Option<PathBuf> {
     local.join("bin/nvcc").is_file().then_some(local)
 }
 
-/// Whether `nvidia-smi` can be run (candle's kernel build asks it for the compute capability).
-fn has_nvidia_smi() -> bool {
+/// Whether a build must be told the compute capability: `CUDA_COMPUTE_CAP` is unset and no GPU answers
+/// `nvidia-smi`, which candle's kernel build would otherwise ask.
+fn compute_cap_needed() -> bool {
+    std::env::var_os("CUDA_COMPUTE_CAP").is_none() && !gpu_visible()
+}
+
+/// Whether `nvidia-smi` lists a GPU: then candle's kernel build can ask it for the compute capability,
+/// and `train-cub` trains on it by default.
+pub fn gpu_visible() -> bool {
     Command::new("nvidia-smi")
-        .arg("--query-gpu=compute_cap")
-        .arg("--format=csv")
+        .arg("-L")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"GPU"))
 }
 
 /// The environment a `--features cuda` cargo command needs here: the system's CUDA when there is one,
@@ -354,7 +358,7 @@ pub fn build_env(dl: &Downloader, runtime: bool) -> Result<Vec<(String, OsString
             install(dl, &release, &opts)?.env()
         }
     };
-    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() && !has_nvidia_smi() {
+    if compute_cap_needed() {
         say(
             dl,
             format!("CUDA: no GPU to ask, building for compute capability {DEFAULT_COMPUTE_CAP} (set CUDA_COMPUTE_CAP to change)"),

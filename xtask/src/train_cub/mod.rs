@@ -61,7 +61,7 @@ pub fn run(args: &TrainCubArgs) -> Result<()> {
     eprint!("{}", plan.describe(&args.mirror, args.no_download));
     fetch(&plan, &Downloader::new(), &args.mirror, args.no_download)?;
     plan.write_derived()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let env = crate::device_build_env(plan.device, &Downloader::new(), true)?;
     if !args.yes && !plan.resume {
         let out = Command::new(&cargo)

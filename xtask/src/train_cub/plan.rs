@@ -423,11 +423,7 @@ fn choose_config(
 
 /// The device when `--device` is not given: CUDA when `nvidia-smi` lists a GPU, else the CPU.
 pub fn default_device() -> DeviceChoice {
-    let gpu = std::process::Command::new("nvidia-smi")
-        .arg("-L")
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"GPU"));
-    if gpu {
+    if crate::cuda_toolkit::gpu_visible() {
         DeviceChoice::Cuda
     } else {
         DeviceChoice::Cpu

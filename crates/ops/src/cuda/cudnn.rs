@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 use std::rc::Rc;
 
 use candle_core::cuda_backend::cudarc::cudnn::result::{self, CudnnError};
@@ -18,7 +18,7 @@ use crate::conv_cpu::Geometry;
 
 /// A cuDNN handle bound to one candle device's stream.
 pub(crate) struct Handle {
-    pub(crate) raw: sys::cudnnHandle_t,
+    raw: sys::cudnnHandle_t,
 }
 
 impl Drop for Handle {
@@ -53,11 +53,11 @@ pub(crate) fn handle(dev: &CudaDevice) -> Result<Rc<Handle>> {
 }
 
 /// An NCHW f32 tensor descriptor.
-pub(crate) struct TensorDesc(pub(crate) sys::cudnnTensorDescriptor_t);
+struct TensorDesc(sys::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
     /// A packed NCHW f32 tensor of `dims`.
-    pub(crate) fn nchw(dims: [usize; 4]) -> Result<Self> {
+    fn nchw(dims: [usize; 4]) -> Result<Self> {
         let raw = result::create_tensor_descriptor().map_err(candle_core::Error::wrap)?;
         let d = Self(raw);
         // SAFETY: `raw` was just created.
@@ -84,11 +84,11 @@ impl Drop for TensorDesc {
 }
 
 /// A KCRS f32 filter descriptor.
-pub(crate) struct FilterDesc(pub(crate) sys::cudnnFilterDescriptor_t);
+struct FilterDesc(sys::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
     /// Filters `(C_out, C_in / groups, kH, kW)`.
-    pub(crate) fn kcrs(dims: [usize; 4]) -> Result<Self> {
+    fn kcrs(dims: [usize; 4]) -> Result<Self> {
         let raw = result::create_filter_descriptor().map_err(candle_core::Error::wrap)?;
         let d = Self(raw);
         // SAFETY: `raw` was just created.
@@ -115,11 +115,11 @@ impl Drop for FilterDesc {
 }
 
 /// A 2-D cross-correlation (PyTorch's convolution) with f32 accumulation.
-pub(crate) struct ConvDesc(pub(crate) sys::cudnnConvolutionDescriptor_t);
+struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
 
 impl ConvDesc {
     /// The convolution of `g` in `groups` groups; TF32 tensor cores allowed when `tf32`.
-    pub(crate) fn new(g: &Geometry, groups: usize, tf32: bool) -> Result<Self> {
+    fn new(g: &Geometry, groups: usize, tf32: bool) -> Result<Self> {
         let raw = result::create_convolution_descriptor().map_err(candle_core::Error::wrap)?;
         let d = Self(raw);
         let c = to_c;
@@ -171,9 +171,20 @@ fn dims_c(d: [usize; 4]) -> Result<[c_int; 4]> {
 /// Which of the three convolution passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Pass {
+    /// (x, w) -> y.
     Forward,
+    /// (dy, w) -> dx.
     BackwardData,
+    /// (x, dy) -> dw.
     BackwardFilter,
+}
+
+/// A chosen algorithm; its variant is its pass.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Algo {
+    Forward(sys::cudnnConvolutionFwdAlgo_t),
+    BackwardData(sys::cudnnConvolutionBwdDataAlgo_t),
+    BackwardFilter(sys::cudnnConvolutionBwdFilterAlgo_t),
 }
 
 /// What an algorithm choice depends on.
@@ -185,22 +196,167 @@ struct AlgoKey {
     tf32: bool,
 }
 
-/// A chosen algorithm, of one of the passes.
-#[derive(Clone, Copy, Debug)]
-enum Algo {
-    Forward(sys::cudnnConvolutionFwdAlgo_t),
-    BackwardData(sys::cudnnConvolutionBwdDataAlgo_t),
-    BackwardFilter(sys::cudnnConvolutionBwdFilterAlgo_t),
+/// One convolution as cuDNN sees it: its descriptors, and what its algorithm choice is keyed by.
+pub(crate) struct Convolution {
+    x: TensorDesc,
+    w: FilterDesc,
+    y: TensorDesc,
+    conv: ConvDesc,
+    key: AlgoKey,
 }
 
-/// The first of cuDNN's heuristic candidates (best first) that succeeded and is deterministic.
-fn first_deterministic<P, A>(
-    perf: &[P],
-    fields: impl Fn(&P) -> (sys::cudnnStatus_t, sys::cudnnDeterminism_t, A),
+impl Convolution {
+    /// The convolution `g`, depthwise (one group per channel) or dense, with TF32 as [`crate::tf32`] says.
+    pub(crate) fn new(g: &Geometry, depthwise: bool) -> Result<Self> {
+        let groups = if depthwise { g.ci } else { 1 };
+        let tf32 = crate::tf32();
+        Ok(Self {
+            x: TensorDesc::nchw([g.n, g.ci, g.h, g.w])?,
+            w: FilterDesc::kcrs([g.co, g.ci / groups, g.kh, g.kw])?,
+            y: TensorDesc::nchw([g.n, g.co, g.oh, g.ow])?,
+            conv: ConvDesc::new(g, groups, tf32)?,
+            key: AlgoKey {
+                pass: Pass::Forward,
+                geom: *g,
+                groups,
+                tf32,
+            },
+        })
+    }
+
+    /// The dims of `pass`'s output: y, dx or dw.
+    pub(crate) fn output_dims(&self, pass: Pass) -> [usize; 4] {
+        let g = &self.key.geom;
+        match pass {
+            Pass::Forward => [g.n, g.co, g.oh, g.ow],
+            Pass::BackwardData => [g.n, g.ci, g.h, g.w],
+            Pass::BackwardFilter => [g.co, g.ci / self.key.groups, g.kh, g.kw],
+        }
+    }
+
+    /// `pass`'s algorithm: the first deterministic one of cuDNN's ranked heuristics, chosen once per shape
+    /// and thread.
+    pub(crate) fn algorithm(&self, h: &Handle, pass: Pass) -> Result<Algo> {
+        let key = AlgoKey { pass, ..self.key };
+        if let Some(a) = ALGOS.with(|m| m.borrow().get(&key).copied()) {
+            return Ok(a);
+        }
+        let (x, w, y, c) = (self.x.0, self.w.0, self.y.0, self.conv.0);
+        let g = &self.key.geom;
+        use sys::cudnnConvolutionBwdDataAlgo_t as D;
+        use sys::cudnnConvolutionBwdFilterAlgo_t as F;
+        use sys::cudnnConvolutionFwdAlgo_t as Y;
+        // SAFETY (each query): the handle and descriptors are live; cuDNN writes at most `n` records.
+        let a = match pass {
+            Pass::Forward => ranked(
+                Y::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize,
+                |p, n, got| unsafe {
+                    result::get_convolution_forward_algorithm(h.raw, x, w, c, y, n, got, p)
+                },
+                |p: &sys::cudnnConvolutionFwdAlgoPerf_t| {
+                    (p.status, p.determinism, Algo::Forward(p.algo))
+                },
+                pass,
+                g,
+            ),
+            Pass::BackwardData => ranked(
+                D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as usize,
+                |p, n, got| unsafe {
+                    result::get_convolution_backward_data_algorithm(h.raw, w, y, c, x, n, got, p)
+                },
+                |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| {
+                    (p.status, p.determinism, Algo::BackwardData(p.algo))
+                },
+                pass,
+                g,
+            ),
+            Pass::BackwardFilter => ranked(
+                F::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT as usize,
+                |p, n, got| unsafe {
+                    result::get_convolution_backward_filter_algorithm(h.raw, x, y, c, w, n, got, p)
+                },
+                |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| {
+                    (p.status, p.determinism, Algo::BackwardFilter(p.algo))
+                },
+                pass,
+                g,
+            ),
+        }?;
+        ALGOS.with(|m| m.borrow_mut().insert(key, a));
+        Ok(a)
+    }
+
+    /// The workspace bytes `algo` needs.
+    pub(crate) fn workspace_bytes(&self, h: &Handle, algo: Algo) -> Result<usize> {
+        let (x, w, y, c) = (self.x.0, self.w.0, self.y.0, self.conv.0);
+        // SAFETY: the handle and descriptors are live.
+        unsafe {
+            match algo {
+                Algo::Forward(a) => {
+                    result::get_convolution_forward_workspace_size(h.raw, x, w, c, y, a)
+                }
+                Algo::BackwardData(a) => {
+                    result::get_convolution_backward_data_workspace_size(h.raw, w, y, c, x, a)
+                }
+                Algo::BackwardFilter(a) => {
+                    result::get_convolution_backward_filter_workspace_size(h.raw, x, y, c, w, a)
+                }
+            }
+        }
+        .map_err(candle_core::Error::wrap)
+    }
+
+    /// Runs `algo`'s pass: `a` and `b` are its two inputs in [`Pass`]'s order, `out` its output.
+    ///
+    /// # Safety
+    /// The pointers hold packed NCHW f32 buffers of this convolution's shapes, used on the stream `h` is
+    /// bound to; `workspace` holds `bytes` bytes (or is null with 0).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn run(
+        &self,
+        h: &Handle,
+        algo: Algo,
+        a: *const c_void,
+        b: *const c_void,
+        out: *mut c_void,
+        workspace: *mut c_void,
+        bytes: usize,
+    ) -> Result<()> {
+        let (x, w, y, c) = (self.x.0, self.w.0, self.y.0, self.conv.0);
+        let (one, zero) = (
+            &1f32 as *const f32 as *const c_void,
+            &0f32 as *const f32 as *const c_void,
+        );
+        match algo {
+            Algo::Forward(al) => result::convolution_forward(
+                h.raw, one, x, a, w, b, c, al, workspace, bytes, zero, y, out,
+            ),
+            Algo::BackwardData(al) => result::convolution_backward_data(
+                h.raw, one, w, b, y, a, c, al, workspace, bytes, zero, x, out,
+            ),
+            Algo::BackwardFilter(al) => result::convolution_backward_filter(
+                h.raw, one, x, a, y, b, c, al, workspace, bytes, zero, w, out,
+            ),
+        }
+        .map_err(candle_core::Error::wrap)
+    }
+}
+
+/// cuDNN's ranked candidates of one pass (`query` fills up to `count` records at the pointer and says how
+/// many it wrote), and the first that succeeded and is deterministic.
+fn ranked<P: Copy>(
+    count: usize,
+    query: impl FnOnce(*mut P, c_int, &mut c_int) -> std::result::Result<(), CudnnError>,
+    fields: impl Fn(&P) -> (sys::cudnnStatus_t, sys::cudnnDeterminism_t, Algo),
     pass: Pass,
     g: &Geometry,
-) -> Result<A> {
-    perf.iter()
+) -> Result<Algo> {
+    // SAFETY: all-zero is a valid perf record (integers, and enums whose 0 is a variant).
+    let mut perf: Vec<P> = vec![unsafe { std::mem::zeroed() }; count];
+    let mut n: c_int = 0;
+    query(perf.as_mut_ptr(), count as c_int, &mut n).map_err(candle_core::Error::wrap)?;
+    perf[..n.clamp(0, count as c_int) as usize]
+        .iter()
         .map(fields)
         .find(|(status, det, _)| {
             *status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
@@ -212,141 +368,4 @@ fn first_deterministic<P, A>(
                 "cuDNN offers no deterministic {pass:?} algorithm for {g:?}"
             ))
         })
-}
-
-/// The algorithms of one convolution's three passes, each chosen once per shape and thread.
-pub(crate) struct Algorithms<'a> {
-    pub(crate) handle: &'a Handle,
-    pub(crate) x: &'a TensorDesc,
-    pub(crate) w: &'a FilterDesc,
-    pub(crate) conv: &'a ConvDesc,
-    pub(crate) y: &'a TensorDesc,
-    pub(crate) geom: Geometry,
-    pub(crate) groups: usize,
-    pub(crate) tf32: bool,
-}
-
-impl Algorithms<'_> {
-    fn cached(&self, pass: Pass, query: impl FnOnce() -> Result<Algo>) -> Result<Algo> {
-        let key = AlgoKey {
-            pass,
-            geom: self.geom,
-            groups: self.groups,
-            tf32: self.tf32,
-        };
-        if let Some(a) = ALGOS.with(|m| m.borrow().get(&key).copied()) {
-            return Ok(a);
-        }
-        let a = query()?;
-        ALGOS.with(|m| m.borrow_mut().insert(key, a));
-        Ok(a)
-    }
-
-    /// Asks cuDNN for its ranked candidates of one pass (`query` fills up to `count` records at the pointer
-    /// and says how many it wrote) and keeps the first deterministic one, cached for the shape.
-    fn choose<P: Copy>(
-        &self,
-        pass: Pass,
-        count: usize,
-        query: impl FnOnce(*mut P, c_int, &mut c_int) -> std::result::Result<(), CudnnError>,
-        fields: impl Fn(&P) -> (sys::cudnnStatus_t, sys::cudnnDeterminism_t, Algo),
-    ) -> Result<Algo> {
-        self.cached(pass, || {
-            // SAFETY: all-zero is a valid perf record (integers, and enums whose 0 is a variant).
-            let mut perf: Vec<P> = vec![unsafe { std::mem::zeroed() }; count];
-            let mut n: c_int = 0;
-            query(perf.as_mut_ptr(), count as c_int, &mut n).map_err(candle_core::Error::wrap)?;
-            let returned = &perf[..n.clamp(0, count as c_int) as usize];
-            first_deterministic(returned, fields, pass, &self.geom)
-        })
-    }
-
-    /// The forward algorithm.
-    pub(crate) fn forward(&self) -> Result<sys::cudnnConvolutionFwdAlgo_t> {
-        let count = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
-        // SAFETY (the query): the handle and descriptors are live; cuDNN writes at most `c` records.
-        let a = self.choose(
-            Pass::Forward,
-            count,
-            |p, c, n| unsafe {
-                result::get_convolution_forward_algorithm(
-                    self.handle.raw,
-                    self.x.0,
-                    self.w.0,
-                    self.conv.0,
-                    self.y.0,
-                    c,
-                    n,
-                    p,
-                )
-            },
-            |p: &sys::cudnnConvolutionFwdAlgoPerf_t| {
-                (p.status, p.determinism, Algo::Forward(p.algo))
-            },
-        )?;
-        match a {
-            Algo::Forward(a) => Ok(a),
-            _ => unreachable!("the forward key holds a forward algorithm"),
-        }
-    }
-
-    /// The backward-data algorithm.
-    pub(crate) fn backward_data(&self) -> Result<sys::cudnnConvolutionBwdDataAlgo_t> {
-        let count =
-            sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as usize;
-        // SAFETY: as in `forward`.
-        let a = self.choose(
-            Pass::BackwardData,
-            count,
-            |p, c, n| unsafe {
-                result::get_convolution_backward_data_algorithm(
-                    self.handle.raw,
-                    self.w.0,
-                    self.y.0,
-                    self.conv.0,
-                    self.x.0,
-                    c,
-                    n,
-                    p,
-                )
-            },
-            |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| {
-                (p.status, p.determinism, Algo::BackwardData(p.algo))
-            },
-        )?;
-        match a {
-            Algo::BackwardData(a) => Ok(a),
-            _ => unreachable!("the backward-data key holds a backward-data algorithm"),
-        }
-    }
-
-    /// The backward-filter algorithm.
-    pub(crate) fn backward_filter(&self) -> Result<sys::cudnnConvolutionBwdFilterAlgo_t> {
-        let count =
-            sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT as usize;
-        // SAFETY: as in `forward`.
-        let a = self.choose(
-            Pass::BackwardFilter,
-            count,
-            |p, c, n| unsafe {
-                result::get_convolution_backward_filter_algorithm(
-                    self.handle.raw,
-                    self.x.0,
-                    self.y.0,
-                    self.conv.0,
-                    self.w.0,
-                    c,
-                    n,
-                    p,
-                )
-            },
-            |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| {
-                (p.status, p.determinism, Algo::BackwardFilter(p.algo))
-            },
-        )?;
-        match a {
-            Algo::BackwardFilter(a) => Ok(a),
-            _ => unreachable!("the backward-filter key holds a backward-filter algorithm"),
-        }
-    }
 }
