@@ -1,14 +1,17 @@
 """PyTorch counterpart of `cargo run --release -p fgvc-backbone --example bench_backbones`.
 
-    python3 crates/backbone/benches/backbones_torch.py resnet50 224 8 train 3 [--device cpu|cuda] [--threads N]
+    python3 crates/backbone/benches/backbones_torch.py resnet50 224 8 train 3 [--device cpu|cuda] [--threads N] \
+        [--precision f32|bf16]
 
 Same work: eval forward (no_grad), or a training step (train-mode forward, cross-entropy, backward, plain
 SGD update), `--threads` CPU threads (default: OMP_NUM_THREADS, else 2), one warm-up then `iters` timed
-iterations. Prints a readable line on stderr and one JSON line on stdout with the Rust example's fields
+iterations. `--precision bf16` runs the forward and the loss under `torch.autocast(dtype=torch.bfloat16)`,
+PyTorch's mixed precision (the counterpart of our `FGVC_PRECISION=bf16`). Prints a readable line on stderr and one JSON line on stdout with the Rust example's fields
 (median and mean seconds, images/s = batch / median, peak RSS from VmHWM, peak GPU memory on CUDA).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -40,6 +43,7 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "metal"])
     ap.add_argument("--threads", type=int,
                     default=int(os.environ.get("OMP_NUM_THREADS") or os.environ.get("RAYON_NUM_THREADS") or 2))
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     device = "cpu"
@@ -54,19 +58,25 @@ def main():
     x = (torch.arange(n, dtype=torch.float32) * 0.013).sin().reshape(a.batch, 3, a.size, a.size).to(device)
     labels = torch.tensor([i * 37 % 1000 for i in range(a.batch)], device=device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    def autocast():
+        if a.precision == "bf16":
+            return torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     times = []
     for it in range(a.iters + 1):
         t0 = time.perf_counter()
         if a.mode == "train":
             net.train()
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(x), labels)
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(net(x), labels)
             loss.backward()
             opt.step()
         else:
             net.eval()
-            with torch.no_grad():
-                net(x).sum().item()
+            with torch.no_grad(), autocast():
+                net(x).float().sum().item()
         if device == "cuda":
             torch.cuda.synchronize()
         if it > 0:
@@ -76,7 +86,7 @@ def main():
     dev_label = {"cuda": "cuda", "mps": "metal"}.get(device, "cpu")
     record = {
         "suite": "backbones", "impl": "torch", "version": torch.__version__, "model": a.model, "size": a.size,
-        "batch": a.batch, "mode": a.mode, "iters": a.iters, "threads": a.threads,
+        "batch": a.batch, "mode": a.mode, "iters": a.iters, "threads": a.threads, "precision": a.precision,
         "isa": torch.backends.cpu.get_cpu_capability(), "device": dev_label,
         "median_s": median if times else None, "mean_s": mean if times else None,
         "images_per_s": a.batch / median if times else None, "peak_rss_mib": peak_rss_mib(),

@@ -10,7 +10,8 @@
 //! and one JSON line on stdout with the same fields (`median_s`, `mean_s` after one warm-up, `images_per_s`
 //! = batch / median, `peak_rss_mib` = the process's VmHWM). Run one configuration per process so that the peak
 //! is its own; `benches/backbones_torch.py` prints the same fields for PyTorch, and `cargo xtask bench
-//! backbones` runs both. On CUDA or Metal build with `--features cuda` / `--features metal`.
+//! backbones` runs both. `FGVC_PRECISION=bf16` runs the convolutions' products in bf16 (`fgvc_ops::Precision`).
+//! On CUDA or Metal build with `--features cuda` / `--features metal`.
 
 use std::time::Instant;
 
@@ -49,6 +50,14 @@ fn num(x: f64) -> String {
         format!("{x}")
     } else {
         "null".into()
+    }
+}
+
+/// The bf16 kernel the products use, as JSON (`null` in f32).
+fn bf16_kernel() -> String {
+    match (fgvc_ops::precision(), fgvc_ops::Bf16Kernel::current()) {
+        (fgvc_ops::Precision::Bf16, Some(k)) => format!("\"{k}\""),
+        _ => "null".into(),
     }
 }
 
@@ -141,13 +150,16 @@ fn main() -> Result<()> {
         "{{\"suite\": \"backbones\", \"impl\": \"candle\", \"version\": \"candle 0.11.1\", \"model\": \"{kind}\", \
          \"size\": {size}, \"batch\": {batch}, \"mode\": \"{mode}\", \"iters\": {iters}, \"threads\": {}, \
          \"device\": \"{device}\", \"median_s\": {}, \"mean_s\": {}, \"images_per_s\": {}, \
-         \"peak_rss_mib\": {}, \"peak_device_mib\": null, \"isa\": \"{}\"}}",
+         \"peak_rss_mib\": {}, \"peak_device_mib\": null, \"isa\": \"{}\", \"precision\": \"{}\", \
+         \"bf16_kernel\": {}}}",
         candle_core::utils::get_num_threads(),
         num(med),
         num(mean),
         num(batch as f64 / med),
         num(peak),
         fgvc_ops::isa(),
+        fgvc_ops::precision(),
+        bf16_kernel(),
     );
     Ok(())
 }

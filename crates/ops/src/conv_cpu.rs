@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::conv::Conv2dConfig;
 use crate::cpu::{
-    at_isa_level, cpu_op, matmul, matmul_write, simd, valid_range, written, zeroed, Elem, Mat,
+    at_isa_level, cpu_op, matmul, simd, valid_range, written, zeroed, Elem, Mat, SharedLhs,
 };
 
 /// Every size of one convolution call.
@@ -276,6 +276,7 @@ impl ConvOp {
         let g = &self.geom;
         let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
         let cols_len = if g.pointwise() { 0 } else { k * ohw };
+        let weights = SharedLhs::new(Mat::rows(w, k), g.co, k);
         let image = |b: usize, yb: &mut [MaybeUninit<T>], cols: &mut Vec<T>, parallel: bool| {
             let xb = &x[b * chw..(b + 1) * chw];
             let rhs: &[T] = if g.pointwise() {
@@ -284,8 +285,7 @@ impl ConvOp {
                 im2col(g, xb, cols, parallel);
                 cols
             };
-            let (a, bm) = (Mat::rows(w, k), Mat::rows(rhs, ohw));
-            matmul_write(g.co, ohw, k, yb, a, bm, parallel);
+            weights.matmul_write(ohw, yb, Mat::rows(rhs, ohw), parallel);
         };
         // SAFETY: the images' products write their (C_out, OH*OW) blocks, which tile the output.
         let y = unsafe {
@@ -330,13 +330,14 @@ impl ConvGradInput {
         let g = &self.geom;
         let (k, ohw, chw) = (g.ci * g.kh * g.kw, g.ohw(), g.ci * g.hw());
         let cols_len = if g.pointwise() { 0 } else { k * ohw };
+        // W^T (k x C_out; k = C_in for a 1x1).
+        let wt = SharedLhs::new(Mat::transposed(w, k), k, g.co);
         let image = |b: usize, dxb: &mut [MaybeUninit<T>], dcols: &mut Vec<T>, parallel: bool| {
             let dyb = Mat::rows(&dy[b * g.co * ohw..(b + 1) * g.co * ohw], ohw);
-            let wt = Mat::transposed(w, k);
             if g.pointwise() {
-                matmul_write(g.ci, ohw, g.co, dxb, wt, dyb, parallel);
+                wt.matmul_write(ohw, dxb, dyb, parallel);
             } else {
-                matmul(k, ohw, g.co, dcols, false, wt, dyb, parallel);
+                wt.matmul(ohw, dcols, false, dyb, parallel);
                 col2im(g, dcols, dxb, parallel);
             }
         };

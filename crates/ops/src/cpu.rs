@@ -310,6 +310,100 @@ pub(crate) fn matmul_write<T: Elem>(
     unsafe { gemm_raw(m, n, k, c.as_mut_ptr().cast::<T>(), false, a, b, parallel) }
 }
 
+/// A left operand several products share (a convolution's weights, one product per image): in bf16
+/// precision it is rounded and packed once for all of them rather than once per product.
+pub(crate) struct SharedLhs<T> {
+    a: Mat<T>,
+    m: usize,
+    k: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: std::sync::OnceLock<Option<crate::bf16::PackedLhs>>,
+}
+
+// SAFETY: the operand is only read, and the caller keeps it alive while the products run.
+unsafe impl<T: Sync> Sync for SharedLhs<T> {}
+
+impl<T: Elem> SharedLhs<T> {
+    /// The m x k operand `a`; the caller keeps its storage alive and unchanged while this lives.
+    pub(crate) fn new(a: Mat<T>, m: usize, k: usize) -> Self {
+        Self {
+            a,
+            m,
+            k,
+            #[cfg(target_arch = "x86_64")]
+            packed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `c (m x n) = [c +] lhs * b`, as [`matmul`].
+    pub(crate) fn matmul(
+        &self,
+        n: usize,
+        c: &mut [T],
+        accumulate: bool,
+        b: Mat<T>,
+        parallel: bool,
+    ) {
+        assert!(c.len() >= self.m * n, "matmul: destination too small");
+        if self.k == 0 {
+            matmul(self.m, n, 0, c, accumulate, self.a, b, parallel);
+            return;
+        }
+        // SAFETY: `c` holds m x n initialised elements.
+        unsafe { self.run(n, c.as_mut_ptr(), accumulate, b, parallel) }
+    }
+
+    /// `c (m x n) = lhs * b` into a buffer that need not be initialised, as [`matmul_write`].
+    pub(crate) fn matmul_write(
+        &self,
+        n: usize,
+        c: &mut [MaybeUninit<T>],
+        b: Mat<T>,
+        parallel: bool,
+    ) {
+        assert!(c.len() >= self.m * n, "matmul: destination too small");
+        if self.k == 0 {
+            matmul_write(self.m, n, 0, c, self.a, b, parallel);
+            return;
+        }
+        // SAFETY: without accumulation only the m x n destination is written.
+        unsafe { self.run(n, c.as_mut_ptr().cast::<T>(), false, b, parallel) }
+    }
+
+    /// # Safety
+    /// As [`gemm_raw`] for `self.m x n x self.k`.
+    unsafe fn run(&self, n: usize, c: *mut T, accumulate: bool, b: Mat<T>, parallel: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+            let packed = self.packed.get_or_init(|| {
+                crate::bf16::active().map(|kernel| {
+                    let a = Mat {
+                        ptr: self.a.ptr.cast::<f32>(),
+                        rs: self.a.rs,
+                        cs: self.a.cs,
+                    };
+                    // SAFETY: T is f32; the kernel is one this CPU has; `a` is m x k (the constructor's contract).
+                    unsafe { crate::bf16::PackedLhs::new(kernel, a, self.m, self.k, parallel) }
+                })
+            });
+            if let Some(lhs) = packed {
+                let b = Mat {
+                    ptr: b.ptr.cast::<f32>(),
+                    rs: b.rs,
+                    cs: b.cs,
+                };
+                let parallel = parallel && self.m * n * self.k >= 1 << 16;
+                // SAFETY: T is f32; the caller's contract.
+                return unsafe {
+                    crate::bf16::gemm_packed(lhs, n, c.cast(), accumulate, b, parallel)
+                };
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe { gemm_raw(self.m, n, self.k, c, accumulate, self.a, b, parallel) }
+    }
+}
+
 /// The `gemm` crate call behind [`matmul`] and [`matmul_write`].
 ///
 /// # Safety
@@ -330,6 +424,35 @@ unsafe fn gemm_raw<T: Elem>(
         return;
     }
     let flops = m * n * k;
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        if let Some(kernel) = crate::bf16::active() {
+            let parallel = parallel && flops >= 1 << 16;
+            // SAFETY: T is f32 (checked above), so the casts are the identity; the caller's contract is the
+            // bf16 product's, and the kernel is one this CPU has.
+            return unsafe {
+                crate::bf16::gemm(
+                    kernel,
+                    m,
+                    n,
+                    k,
+                    c.cast(),
+                    accumulate,
+                    Mat {
+                        ptr: a.ptr.cast(),
+                        rs: a.rs,
+                        cs: a.cs,
+                    },
+                    Mat {
+                        ptr: b.ptr.cast(),
+                        rs: b.rs,
+                        cs: b.cs,
+                    },
+                    parallel,
+                )
+            };
+        }
+    }
     let par = if !parallel || flops < 1 << 16 {
         gemm::Parallelism::None
     } else {

@@ -25,6 +25,9 @@
 //! dtypes the ops fall back to compositions of candle's own ops, so everything runs on CUDA and Metal too;
 //! [`with_composite_ops`] takes that path on the CPU, where `tests/composite.rs` checks it against the kernels.
 //!
+//! In bf16 precision ([`set_precision`], `FGVC_PRECISION=bf16`) the convolutions' GEMMs round their operands
+//! to bf16 and sum in f32 with AMX or AVX512_BF16, where the CPU has either.
+//!
 //! With the `cuda` feature, convolutions (dense and depthwise, forward and both gradients) on CUDA f32
 //! tensors run through cuDNN instead, with deterministic algorithms chosen once per shape and TF32 as
 //! PyTorch allows it ([`set_tf32`]); the other ops are still composites there.
@@ -48,6 +51,7 @@
 mod activation;
 mod alloc;
 mod batch_norm;
+mod bf16;
 mod conv;
 mod conv_cpu;
 mod cpu;
@@ -66,6 +70,7 @@ mod update;
 pub use activation::{elu, gradient_reversal, relu, relu6, Activation};
 pub use alloc::tune_allocator;
 pub use batch_norm::{batch_norm, with_sync_batch_norm, BatchNorm, BatchNormConfig};
+pub use bf16::{precision, set_precision, Bf16Kernel, Precision, PrecisionError, PRECISION_ENV};
 pub use conv::{conv2d, depthwise_conv2d, Conv2d, Conv2dConfig};
 pub use cpu::with_composite_ops;
 pub use dropout::Dropout;

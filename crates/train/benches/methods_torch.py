@@ -1,13 +1,15 @@
 """PyTorch counterpart of `cargo run --release -p fgvc-train --example bench_methods`: one training step of a
 fine-grained method as its official PyTorch code runs it, timed.
 
-    python3 crates/train/benches/methods_torch.py pmg resnet50 224 4 3 [--device cpu|cuda] [--threads N]
+    python3 crates/train/benches/methods_torch.py pmg resnet50 224 4 3 [--device cpu|cuda] [--threads N] \
+        [--precision f32|bf16]
     #                                             method backbone size batch iters
 
 Prints one JSON line on stdout (the fields of the Rust example) and a readable line on stderr. Needs only
 torch and torchvision; everything is randomly initialised (no download) and fed random images and labels.
 One warm-up step, then `iters` timed steps: median and mean seconds per step, images/s = batch / median
-(images = the batch's original images), peak RSS (VmHWM) and, on CUDA, peak allocated GPU memory.
+(images = the batch's original images); `--precision bf16` runs the step under
+`torch.autocast(dtype=torch.bfloat16)` (the counterpart of our `FGVC_PRECISION=bf16`); peak RSS (VmHWM) and, on CUDA, peak allocated GPU memory.
 
 The models and loops are written from the official code's semantics (see the repository's
 docs/methods.md):
@@ -395,12 +397,13 @@ def main():
                     default=int(os.environ.get("OMP_NUM_THREADS") or os.environ.get("RAYON_NUM_THREADS") or 2))
     ap.add_argument("--classes", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     record = {
         "suite": "methods", "impl": "torch", "version": torch.__version__, "method": a.method,
         "backbone": a.backbone, "size": a.size, "batch": a.batch, "iters": a.iters, "threads": a.threads,
-        "isa": torch.backends.cpu.get_cpu_capability(),
+        "isa": torch.backends.cpu.get_cpu_capability(), "precision": a.precision,
     }
     device = "cpu"
     if a.device == "cuda":
@@ -423,7 +426,11 @@ def main():
     times = []
     for it in range(a.iters + 1):
         t0 = time.perf_counter()
-        losses = step(x, y)
+        if a.precision == "bf16":
+            with torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16):
+                losses = step(x, y)
+        else:
+            losses = step(x, y)
         if device == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0

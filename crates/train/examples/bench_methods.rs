@@ -120,6 +120,11 @@ fn main() -> Result<()> {
         "peak_device_mib": serde_json::Value::Null,
         "loss": finite(loss),
         "isa": fgvc_ops::isa().name(),
+        "precision": fgvc_ops::precision().name(),
+        "bf16_kernel": match fgvc_ops::precision() {
+            fgvc_ops::Precision::Bf16 => fgvc_ops::Bf16Kernel::current().map(|k| k.name()),
+            fgvc_ops::Precision::F32 => None,
+        },
     });
     eprintln!(
         "candle {method_name} {backbone} {size} b{batch} on {dev_label}: {med:.3} s/step (median of {iters}, \

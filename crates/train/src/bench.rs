@@ -170,6 +170,7 @@ impl Estimate {
 /// its batch size and crop, and projects the whole run. The training split is opened only to count it; no
 /// run directory is touched.
 pub fn estimate(config: &Config, device: &Device, steps: usize) -> Result<Estimate> {
+    crate::precision::apply_precision(config, device)?;
     let train = crate::data::open_split(config, fgvc_data::Split::Train)?;
     let classes = train.num_classes();
     let batch = config.data.batch_size;

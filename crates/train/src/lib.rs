@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod precision;
 pub mod predict;
 pub mod registry;
 pub mod run_dir;

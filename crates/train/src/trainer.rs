@@ -136,6 +136,7 @@ impl Trainer {
         options: TrainOptions,
     ) -> Result<Self> {
         config.validate("the configuration")?;
+        crate::precision::apply_precision(&config, device)?;
         let group = options.group.clone();
         let shard = Shard::new(group.rank(), group.world_size())?;
         let mut optimizer = build_optimizer(&config, &*method)?;
@@ -352,9 +353,9 @@ impl Trainer {
                 String::new()
             },
             self.train.dataset().name(),
-            // Runs reproduce bit for bit only at the same level, so the log records it.
+            // Runs reproduce bit for bit only at the same level and precision, so the log records both.
             if self.method.store().device().is_cpu() {
-                format!("; CPU kernels {}", isa_description())
+                format!("; CPU kernels {}{}", isa_description(), precision_description())
             } else {
                 String::new()
             },
@@ -655,6 +656,14 @@ fn eval_record(report: &EvalReport, epoch: usize, step: u64) -> Record {
                 .collect(),
         ),
         ..Default::default()
+    }
+}
+
+/// `, bf16 products (<kernel>)` in bf16 precision, else nothing.
+fn precision_description() -> String {
+    match (fgvc_ops::precision(), fgvc_ops::Bf16Kernel::current()) {
+        (fgvc_ops::Precision::Bf16, Some(k)) => format!(", bf16 products ({k})"),
+        _ => String::new(),
     }
 }
 

@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// AVX-512 machine.
     #[arg(long, value_name = "LEVEL")]
     pub isa: Option<fgvc_ops::Isa>,
+    /// Precision of both sides: `bf16` runs our convolutions' products in bf16 (`FGVC_PRECISION`; AMX or
+    /// AVX512_BF16) and PyTorch's forward and loss under `torch.autocast(dtype=torch.bfloat16)`.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16")]
+    pub precision: fgvc_ops::Precision,
     /// Timed iterations per workload, after one warm-up (default: 3).
     #[arg(long)]
     pub iters: Option<usize>,

@@ -142,6 +142,7 @@ pub(super) fn run_examples(args: &BenchArgs, suite: Suite, torch: &PyTorch) -> R
         if let Some(isa) = args.isa {
             cmd.env(fgvc_ops::ISA_ENV, isa.name());
         }
+        cmd.env(fgvc_ops::PRECISION_ENV, args.precision.name());
         let ours = run_json(cmd, example).map(|m| Measurement::from_json(&m));
         let torch_side = match &torch_python {
             None => TorchSide::Off,
@@ -152,6 +153,7 @@ pub(super) fn run_examples(args: &BenchArgs, suite: Suite, torch: &PyTorch) -> R
                     .arg(iters.to_string())
                     .args(["--device", args.device.name()])
                     .args(["--threads", &threads.to_string()])
+                    .args(["--precision", args.precision.name()])
                     .env("OMP_NUM_THREADS", threads.to_string())
                     .env("MKL_NUM_THREADS", threads.to_string());
                 if let Some(isa) = args.isa {
@@ -176,6 +178,7 @@ pub(super) fn run_examples(args: &BenchArgs, suite: Suite, torch: &PyTorch) -> R
         threads,
         iters,
         machine: Machine::here(args.isa),
+        precision: args.precision,
         with_torch: torch_python.is_some(),
         torch_version: match torch {
             PyTorch::Available { version, .. } if torch_python.is_some() => Some(version.clone()),

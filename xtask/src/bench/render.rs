@@ -20,6 +20,8 @@ pub struct RunInfo {
     pub iters: usize,
     /// The CPU, its cores and the ISA cap.
     pub machine: Machine,
+    /// The precision both sides ran at.
+    pub precision: fgvc_ops::Precision,
     /// Whether the PyTorch columns are shown.
     pub with_torch: bool,
     /// PyTorch's version when it ran.
@@ -54,6 +56,7 @@ pub fn records_json(info: &RunInfo, rows: &[Row]) -> Value {
             );
             m.insert("ours_isa".into(), opt_str(ours.and_then(|o| o.isa.clone())));
             m.insert("iters".into(), json!(info.iters));
+            m.insert("precision".into(), json!(info.precision.name()));
             m.insert(
                 "ours_version".into(),
                 opt_str(ours.and_then(|o| o.version.clone())),
@@ -154,6 +157,14 @@ pub fn render_markdown(info: &RunInfo, rows: &[Row]) -> String {
         "Machine: {}; fgvc ISA level {ours_isa}",
         info.machine.describe()
     );
+    if info.precision == fgvc_ops::Precision::Bf16 {
+        let kernel = fgvc_ops::Bf16Kernel::current().map_or("none".to_string(), |k| k.to_string());
+        let _ = write!(md, "; precision bf16 (ours: {kernel} products, f32 sums");
+        if info.with_torch {
+            md.push_str("; PyTorch: autocast bf16");
+        }
+        md.push(')');
+    }
     if info.with_torch {
         let torch_isa = first_isa(&|r: &Row| match &r.torch {
             TorchSide::Ran(t) => t.isa.clone(),
@@ -260,6 +271,7 @@ mod tests {
                 detected_isa: fgvc_ops::Isa::Avx512,
                 isa_cap: None,
             },
+            precision: fgvc_ops::Precision::F32,
             with_torch,
             torch_version: with_torch.then(|| "2.15.0".to_string()),
         }

@@ -40,7 +40,7 @@ pub use data::DataConfig;
 pub use diff::Difference;
 pub use method::MethodConfig;
 pub use optim::{OptimConfig, OptimKind};
-pub use train::{Selection, TrainConfig};
+pub use train::{Precision, Selection, TrainConfig};
 
 use crate::model::ModelConfig;
 use crate::schedule::ScheduleConfig;

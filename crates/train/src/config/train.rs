@@ -16,6 +16,27 @@ pub enum Selection {
     Last,
 }
 
+/// The precision of the CPU convolutions' products (`fgvc_ops::Precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// f32 operands and sums (the default).
+    #[default]
+    F32,
+    /// bf16 operands (rounded to nearest even) with f32 sums and results, on CPUs with AMX or AVX512_BF16:
+    /// weights, optimiser state, BatchNorm statistics and the loss stay f32.
+    Bf16,
+}
+
+impl From<Precision> for fgvc_ops::Precision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::F32 => fgvc_ops::Precision::F32,
+            Precision::Bf16 => fgvc_ops::Precision::Bf16,
+        }
+    }
+}
+
 fn default_epochs() -> usize {
     10
 }
@@ -58,6 +79,11 @@ pub struct TrainConfig {
     /// default). No effect in a single process.
     #[serde(default)]
     pub sync_batch_norm: bool,
+    /// The precision of the convolutions' products on the CPU: `f32`, or `bf16` (mixed precision: bf16
+    /// operands, f32 sums, everything else f32), refused on CPUs without AMX or AVX512_BF16 and on other
+    /// devices (CUDA convolutions use TF32, `FGVC_TF32`).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
