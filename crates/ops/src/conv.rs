@@ -169,7 +169,8 @@ impl Conv2d {
         init: Init,
         p: &Params,
     ) -> Result<Self> {
-        if cfg.groups == 0 || !in_c.is_multiple_of(cfg.groups) || !out_c.is_multiple_of(cfg.groups) {
+        if cfg.groups == 0 || !in_c.is_multiple_of(cfg.groups) || !out_c.is_multiple_of(cfg.groups)
+        {
             candle_core::bail!(
                 "conv {}: groups {} must divide {in_c} and {out_c}",
                 p.prefix(),
