@@ -7,6 +7,8 @@ pub mod cuda_toolkit;
 pub mod device_arg;
 pub mod download;
 pub mod extract;
+pub mod machine;
+pub mod method_benchmark;
 pub mod protos;
 pub mod synthetic_table;
 pub mod train_cub;

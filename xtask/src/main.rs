@@ -65,6 +65,10 @@ enum Task {
     /// The baseline and every method trained with the same budget on the synthetic dataset, on ResNet-18
     /// and MobileNetV2: test accuracy and time per epoch as the table in docs/methods.md.
     SyntheticTable(xtask::synthetic_table::SyntheticTableArgs),
+    /// The papers' protocol in miniature: pretrain each backbone on a disjoint synthetic source task,
+    /// fine-tune the baseline, every method and the ablations from it over seeds, and write the table
+    /// (test top-1 mean ± std next to the baseline) that docs/methods.md publishes. `--quick` is CI's.
+    MethodBenchmark(xtask::method_benchmark::MethodBenchmarkArgs),
     /// Train a method on CUB-200-2011 with its reproduction config (fetching the dataset and weights if
     /// missing), evaluate, and print the result next to the paper's.
     TrainCub(xtask::train_cub::TrainCubArgs),
@@ -145,6 +149,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bench(args) => bench::run(&args),
         Task::SyntheticTable(args) => xtask::synthetic_table::run(&args),
+        Task::MethodBenchmark(args) => xtask::method_benchmark::run(&args),
         Task::TrainCub(args) => xtask::train_cub::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::CudaToolkit(args) => cuda::toolkit(&args),

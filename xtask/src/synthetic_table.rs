@@ -202,9 +202,12 @@ pub fn markdown(rows: &[Row]) -> String {
     s
 }
 
-fn fgvc_binary(args: &SyntheticTableArgs, root: &Path) -> Result<PathBuf> {
-    if let Some(p) = &args.fgvc {
-        return Ok(p.clone());
+/// `given`, else the release `fgvc` that `cargo build --release -p fgvc-cli` builds.
+pub fn fgvc_binary(given: Option<&Path>, root: &Path) -> Result<PathBuf> {
+    if let Some(p) = given {
+        // Absolute, so that runs started in another directory find it.
+        return std::fs::canonicalize(p)
+            .with_context(|| format!("the fgvc binary {} cannot be found", p.display()));
     }
     let cargo = crate::cargo();
     let status = Command::new(cargo)
@@ -250,7 +253,7 @@ pub fn run(args: &SyntheticTableArgs) -> Result<()> {
             ));
         }
     }
-    let fgvc = fgvc_binary(args, &root)?;
+    let fgvc = fgvc_binary(args.fgvc.as_deref(), &root)?;
     let mut rows = Vec::new();
     for (method, backbone, config) in plan {
         let name = format!("{method}-{backbone}");

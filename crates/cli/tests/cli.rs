@@ -92,6 +92,7 @@ fn train_eval_predict() {
         val_per_class: 1,
         test_per_class: 1,
         seed: 0,
+        first_class: 0,
     };
     let test = Synthetic::new(cfg, Split::Test).unwrap();
     for i in 0..2 {

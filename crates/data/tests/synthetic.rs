@@ -13,6 +13,7 @@ fn config(seed: u64) -> SyntheticConfig {
         val_per_class: 5,
         test_per_class: 20,
         seed,
+        first_class: 0,
     }
 }
 
@@ -341,4 +342,50 @@ fn the_task_is_fine_grained() {
         part_colours >= 0.3 && part_colours >= colours + 0.2,
         "part-box colours: {part_colours:.3}"
     );
+}
+
+#[test]
+fn a_set_from_class_n_shares_no_class_with_a_set_of_n() {
+    let target = Synthetic::new(
+        SyntheticConfig {
+            classes: 5,
+            ..config(0)
+        },
+        Split::Train,
+    )
+    .unwrap();
+    let source = Synthetic::new(
+        SyntheticConfig {
+            classes: 60,
+            first_class: 5,
+            seed: 1,
+            ..config(0)
+        },
+        Split::Train,
+    )
+    .unwrap();
+    assert_eq!(source.class_specs().len(), 60);
+    assert!(source.name().contains("from class 5"), "{}", source.name());
+    for spec in target.class_specs() {
+        assert!(
+            !source.class_specs().contains(spec),
+            "the source set has the target's class {}",
+            spec.name()
+        );
+    }
+    // Distinct classes, and the target's classes are the first five of the larger vocabulary.
+    let mut names: Vec<String> = source.class_specs().iter().map(|s| s.name()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 60);
+    let whole = Synthetic::new(
+        SyntheticConfig {
+            classes: 65,
+            ..config(0)
+        },
+        Split::Train,
+    )
+    .unwrap();
+    assert_eq!(&whole.class_specs()[..5], target.class_specs());
+    assert_eq!(&whole.class_specs()[5..], source.class_specs());
 }

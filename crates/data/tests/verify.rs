@@ -143,6 +143,7 @@ fn verify_the_synthetic_dataset() {
             val_per_class: 1,
             test_per_class: 1,
             seed: 0,
+            first_class: 0,
         },
         ..Default::default()
     };

@@ -51,6 +51,9 @@ pub struct Coarse2FineConfig {
     pub zoom_padding: f64,
     /// The smallest box side, as a fraction of the image side.
     pub min_zoom: f64,
+    /// Initialise the attention projection orthogonally (the paper; true). False uses PyTorch's default
+    /// conv init, for the ablation that measures what the orthogonal start buys.
+    pub orthogonal_init: bool,
 }
 
 impl Coarse2FineConfig {
@@ -65,6 +68,7 @@ impl Coarse2FineConfig {
             hidden_channels: 32,
             zoom_padding: 0.1,
             min_zoom: 0.25,
+            orthogonal_init: true,
         }
     }
 }
@@ -361,7 +365,8 @@ pub struct Coarse2Fine {
 
 impl Coarse2Fine {
     /// Builds the head under `p`. The attention conv's weight (M, C, 1, 1) is `Init::Orthogonal { gain: 1 }`
-    /// (orthonormal rows when M <= C); `fc` and the inverse mapping use PyTorch's defaults.
+    /// (orthonormal rows when M <= C) unless `cfg.orthogonal_init` is off; `fc` and the inverse mapping use
+    /// PyTorch's defaults.
     pub fn new(cfg: Coarse2FineConfig, p: &Params) -> Result<Self> {
         let c = cfg.in_channels;
         let m = cfg.num_attentions;
@@ -385,7 +390,11 @@ impl Coarse2Fine {
             0,
             ATTENTION_BN,
             true,
-            Init::Orthogonal { gain: 1.0 },
+            if cfg.orthogonal_init {
+                Init::Orthogonal { gain: 1.0 }
+            } else {
+                Init::TORCH_DEFAULT
+            },
             &p.pp("attentions"),
         )?;
         let fc = Linear::new(m * c, cfg.num_classes, false, &p.pp("fc"))?;

@@ -136,6 +136,10 @@ pub struct PmsiConfig {
     pub num_classes: usize,
     /// MSI dropout probability (0.5).
     pub dropout: f64,
+    /// The multi-stage interaction (true). False feeds the pooled stage features to the classifiers
+    /// ungated (PMG's heads on the mosaics), for the ablation "RMG-PMSI without MSI"; `map1`/`map2` are
+    /// then absent.
+    pub interaction: bool,
 }
 
 impl PmsiConfig {
@@ -168,6 +172,7 @@ impl PmsiConfig {
             block_channels,
             num_classes,
             dropout: 0.5,
+            interaction: true,
         })
     }
 }
@@ -218,7 +223,7 @@ impl PmsiOutput {
 pub struct PmsiHead {
     cfg: PmsiConfig,
     blocks: Vec<StageBlock>,
-    msi: Msi,
+    msi: Option<Msi>,
     classifiers: Vec<EluClassifier>,
     concat: EluClassifier,
 }
@@ -249,7 +254,17 @@ impl PmsiHead {
             cfg.num_classes,
             &p.pp("classifier_concat"),
         )?;
-        let msi = Msi::new(s, cfg.block_channels, cfg.feature_size, cfg.dropout, p)?;
+        let msi = if cfg.interaction {
+            Some(Msi::new(
+                s,
+                cfg.block_channels,
+                cfg.feature_size,
+                cfg.dropout,
+                p,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             cfg,
             blocks,
@@ -264,9 +279,9 @@ impl PmsiHead {
         &self.cfg
     }
 
-    /// The MSI module.
-    pub fn msi(&self) -> &Msi {
-        &self.msi
+    /// The MSI module (`None` when `interaction` is off).
+    pub fn msi(&self) -> Option<&Msi> {
+        self.msi.as_ref()
     }
 
     /// The ONNX graph of `forward_t(stages, false)`'s logits on graph values of the stage maps.
@@ -277,7 +292,10 @@ impl PmsiHead {
             .zip(&self.blocks)
             .map(|(x, b)| b.export_pooled(g, x))
             .collect::<fgvc_onnx::Result<Vec<_>>>()?;
-        let gated = self.msi.export(g, &pooled)?;
+        let gated = match &self.msi {
+            Some(msi) => msi.export(g, &pooled)?,
+            None => pooled,
+        };
         let stage_logits = gated
             .iter()
             .zip(&self.classifiers)
@@ -300,7 +318,10 @@ impl PmsiHead {
             .zip(&self.blocks)
             .map(|(x, b)| b.forward_pooled(x, train))
             .collect::<Result<Vec<_>>>()?;
-        let gated = self.msi.forward_t(&pooled, train)?;
+        let gated = match &self.msi {
+            Some(msi) => msi.forward_t(&pooled, train)?,
+            None => pooled,
+        };
         let stage_logits = gated
             .iter()
             .zip(&self.classifiers)

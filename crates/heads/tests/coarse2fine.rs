@@ -67,6 +67,21 @@ fn attention_weight_starts_orthogonal() {
     );
 }
 
+#[test]
+fn without_orthogonal_init_the_attention_starts_at_pytorch_default() {
+    let store = ParamStore::new(21, DType::F32, &Device::Cpu);
+    let mut cfg = Coarse2FineConfig::new(64, 10);
+    cfg.num_attentions = 32;
+    cfg.orthogonal_init = false;
+    let head = Coarse2Fine::new(cfg, &store.root()).unwrap();
+    let w = head.attention().conv().weight().reshape((32, 64)).unwrap();
+    // Kaiming-uniform with a = sqrt 5 on fan-in 64: |w| <= 1/8, rows far from unit norm.
+    let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(values.iter().all(|v| v.abs() <= 0.125 + 1e-6));
+    let norms = w.sqr().unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
+    assert!(norms.iter().all(|&n| n < 0.6), "{norms:?}");
+}
+
 /// An image whose attention maps are all zero (every map dead after the ReLU, common on tiny maps) pools to
 /// zeros. Its gradient must be finite, as `F.normalize`'s is: candle's sqrt backward gave 0/0 = NaN there and
 /// poisoned every parameter's gradient.

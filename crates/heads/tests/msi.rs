@@ -201,3 +201,36 @@ fn matches_the_official_pmsi_head_in_eval() {
         );
     }
 }
+
+#[test]
+fn without_interaction_the_stage_features_reach_the_classifiers_ungated() {
+    let store = ParamStore::new(11, DType::F32, &Device::Cpu);
+    let mut cfg = PmsiConfig::last_stages(&[3, 4, 8], 3, 4, 6, 5).unwrap();
+    cfg.interaction = false;
+    let head = PmsiHead::new(cfg, &store.root()).unwrap();
+    assert!(head.msi().is_none());
+    assert!(store.get("map1.weight").is_none() && store.get("map2.weight").is_none());
+    let out = head.forward_t(&maps(4), true).unwrap();
+    assert_eq!(out.stage_logits.len(), 3);
+    // Step 1's loss now reaches only its own stage's block and classifier, as in PMG.
+    let y = Tensor::new(&[0u32, 1, 4, 2], &Device::Cpu).unwrap();
+    let grads = candle_nn::loss::cross_entropy(&out.stage_logits[0], &y)
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in store.trainable() {
+        let g = grads.get(var.as_tensor()).map(abs_sum).unwrap_or(0.0);
+        let expected = name.starts_with("smooth_conv1.") || name.starts_with("classifier1.");
+        assert_eq!(g > 0.0, expected, "`{name}`: {g}");
+    }
+    // With the same seed the gated features of the full head differ from these ungated ones.
+    let full_store = ParamStore::new(11, DType::F32, &Device::Cpu);
+    let full = PmsiHead::new(
+        PmsiConfig::last_stages(&[3, 4, 8], 3, 4, 6, 5).unwrap(),
+        &full_store.root(),
+    )
+    .unwrap();
+    let gated = full.forward_t(&maps(4), false).unwrap().gated;
+    let ungated = head.forward_t(&maps(4), false).unwrap().gated;
+    assert!(rel_err(&gated[0], &ungated[0]) > 1e-3);
+}

@@ -68,6 +68,7 @@ fn render(
         val_per_class: 1,
         test_per_class: per_class,
         seed: 11,
+        first_class: 0,
     };
     let data = Synthetic::new(config, split).unwrap();
     let mut out = Vec::new();

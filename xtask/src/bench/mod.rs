@@ -15,7 +15,7 @@ mod args;
 mod criterion;
 mod examples;
 pub use examples::executable_from_cargo_messages;
-mod machine;
+use xtask::machine;
 mod measurement;
 mod pytorch;
 mod render;

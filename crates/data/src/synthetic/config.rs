@@ -22,10 +22,15 @@ pub struct SyntheticConfig {
     pub test_per_class: usize,
     /// The seed every image derives from.
     pub seed: u64,
+    /// Index of this set's first class among the `first_class + classes` part combinations (0). A set with
+    /// `first_class = n` shares no class with a set of `n` classes (while both count at most 144 classes,
+    /// so they share the 4 beak hues): a disjoint source task to pretrain on, the way ImageNet is used.
+    pub first_class: usize,
 }
 
 impl Default for SyntheticConfig {
-    /// 10 classes of 64x64 images, 100 training, 20 validation and 50 test images per class, seed 0.
+    /// 10 classes of 64x64 images, 100 training, 20 validation and 50 test images per class, seed 0, from
+    /// the first class on.
     fn default() -> Self {
         SyntheticConfig {
             classes: 10,
@@ -34,6 +39,7 @@ impl Default for SyntheticConfig {
             val_per_class: 20,
             test_per_class: 50,
             seed: 0,
+            first_class: 0,
         }
     }
 }

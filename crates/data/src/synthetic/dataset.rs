@@ -52,17 +52,22 @@ impl Synthetic {
     /// The `split` of the dataset that `config` describes.
     pub fn new(config: SyntheticConfig, split: Split) -> Result<Self> {
         config.validate()?;
-        let specs: Vec<ClassSpec> = (0..config.classes)
-            .map(|c| ClassSpec::of(c, config.classes))
+        let vocabulary = config.first_class + config.classes;
+        let specs: Vec<ClassSpec> = (config.first_class..vocabulary)
+            .map(|c| ClassSpec::of(c, vocabulary))
             .collect();
         let class_names = specs
             .iter()
             .enumerate()
             .map(|(i, s)| format!("{i:03} {}", s.name()))
             .collect();
+        let first = match config.first_class {
+            0 => String::new(),
+            n => format!(" from class {n}"),
+        };
         Ok(Synthetic {
             name: format!(
-                "synthetic {}x{}x{} seed {} ({split})",
+                "synthetic {}x{}x{} seed {}{first} ({split})",
                 config.classes, config.image_size, config.image_size, config.seed
             ),
             config,

@@ -69,6 +69,9 @@ pub struct Coarse2FineOptions {
     pub coarse_weight: f64,
     /// Weight of the fine cross-entropy in stage two (1).
     pub fine_weight: f64,
+    /// Initialise the attention projection orthogonally (the paper: true); `false` is the ablation with
+    /// PyTorch's default conv init.
+    pub orthogonal_init: bool,
     /// Learning rate of the heads over `optim.lr` (WS-DAN: 1, one rate for everything).
     pub head_lr_mult: f64,
 }
@@ -84,6 +87,7 @@ impl Default for Coarse2FineOptions {
             min_zoom: 0.25,
             coarse_weight: 1.0,
             fine_weight: 1.0,
+            orthogonal_init: true,
             head_lr_mult: 1.0,
         }
     }
@@ -139,6 +143,7 @@ impl Coarse2FineMethod {
             hidden_channels: options.hidden_channels,
             zoom_padding: options.zoom_padding,
             min_zoom: options.min_zoom,
+            orthogonal_init: options.orthogonal_init,
         };
         let head = Coarse2Fine::new(cfg, &root.pp(HEAD_PREFIX))?;
         Ok(Coarse2FineMethod {

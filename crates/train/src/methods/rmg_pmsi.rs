@@ -80,6 +80,9 @@ pub struct RmgPmsiOptions {
     pub dropout: f64,
     /// Epochs during which the backbone is not updated (official 5).
     pub backbone_freeze_epochs: usize,
+    /// The multi-stage interaction (true, the method). `false` is the ablation "RMG-PMSI without MSI": the
+    /// pooled stage features go to the classifiers ungated.
+    pub msi: bool,
     /// Learning rate of the heads over `optim.lr` (official 3e-3 / 3e-4 = 10).
     pub head_lr_mult: f64,
 }
@@ -93,6 +96,7 @@ impl Default for RmgPmsiOptions {
             block_channels: None,
             dropout: 0.5,
             backbone_freeze_epochs: 5,
+            msi: true,
             head_lr_mult: 10.0,
         }
     }
@@ -163,6 +167,7 @@ impl RmgPmsi {
             num_classes,
         )?;
         cfg.dropout = options.dropout;
+        cfg.interaction = options.msi;
         let head = PmsiHead::new(cfg, &root.pp(HEAD_PREFIX))?;
         Ok(RmgPmsi {
             store,

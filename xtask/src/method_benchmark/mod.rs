@@ -1,0 +1,486 @@
+//! `cargo xtask method-benchmark`: the papers' protocol in miniature. Each backbone is pretrained on a
+//! synthetic source task that shares no class with the target (the role ImageNet plays), then the baseline
+//! and every method are fine-tuned from those weights on the target set with their official recipes
+//! scaled down ([`recipe`]), over several seeds, with the ablations that diagnose each method; the table
+//! ([`summary`]) reports test top-1 as mean ± std next to the baseline.
+//!
+//! Every run is one `fgvc train` process in its own directory under `--out`. A finished run is reused
+//! when the configuration it ran is the one planned; a different one is refused (never overwritten)
+//! unless `--force`, and an interrupted run continues from its last checkpoint.
+
+pub mod recipe;
+pub mod summary;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fgvc_train::methods::{baseline, coarse2fine, dcl, pmg, rmg_pmsi};
+use fgvc_train::metrics::read_records;
+use fgvc_train::run_dir::atomic_write;
+use toml::Value;
+
+use crate::synthetic_table::{methods, summarize, Row};
+use recipe::{finetune_config, pretrain_config, Budget, Preset};
+use summary::{Cell, Pretrained};
+
+/// Arguments of `cargo xtask method-benchmark`.
+#[derive(Args, Debug, Clone)]
+pub struct MethodBenchmarkArgs {
+    /// The reduced version CI runs: one seed, ResNet-18 at base width 8, a 5-class source task, small
+    /// splits, 8 pretraining and 3 fine-tuning epochs, no ablations; fails unless every method but
+    /// Coarse2Fine (which does not learn at this budget) reaches `--min-top1`.
+    #[arg(long)]
+    pub quick: bool,
+    /// Backbones (comma-separated): `resnet18` (narrow) and/or `mobilenet_v2` (width 0.5).
+    #[arg(long, value_delimiter = ',')]
+    pub backbones: Option<Vec<String>>,
+    /// Methods (comma-separated; default: the baseline and every method with a synthetic preset).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<String>>,
+    /// Run seeds (comma-separated; default 0,1,2, or 0 with --quick). The target images stay the same.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Seeds of the ablations (the first N of `--seeds`; default 1, none with --quick).
+    #[arg(long)]
+    pub ablation_seeds: Option<usize>,
+    /// Fine-tuning epochs (default 6, 3 with --quick).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Pretraining epochs (default 15, 8 with --quick).
+    #[arg(long)]
+    pub pretrain_epochs: Option<usize>,
+    /// Factor on the official learning rates, Coarse2Fine's excepted (default 10, from the baseline's val
+    /// split).
+    #[arg(long)]
+    pub lr_scale: Option<f64>,
+    /// Fail unless every cell's mean test top-1 reaches this (default 0.3 with --quick: chance is 0.2).
+    #[arg(long)]
+    pub min_top1: Option<f64>,
+    /// Where runs, the configs they ran, `table.md` and `table.json` go.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Train again where a finished run exists, even with another configuration (replacing it).
+    #[arg(long)]
+    pub force: bool,
+    /// The `fgvc` binary to run (default: build it with `cargo build --release -p fgvc-cli`).
+    #[arg(long)]
+    pub fgvc: Option<PathBuf>,
+}
+
+/// An ablation: a method with some options changed, run on `backbones`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ablation {
+    /// The method it changes.
+    pub method: &'static str,
+    /// Its name in the table.
+    pub name: &'static str,
+    /// The backbones it runs on (its paper's).
+    pub backbones: &'static [&'static str],
+    /// `key = value` changes on top of the recipe.
+    pub overrides: Vec<(String, Value)>,
+    /// Run on every seed, not only the first `--ablation-seeds`: a row the table's verdict rests on.
+    pub all_seeds: bool,
+}
+
+/// The ablations of issue 20's diagnosis, for a fine-tuning run of `epochs` epochs.
+pub fn ablations(epochs: usize) -> Vec<Ablation> {
+    let o = |k: &str, v: Value| (format!("method.options.{k}"), v);
+    let ints = |v: &[i64]| Value::Array(v.iter().map(|&x| Value::Integer(x)).collect());
+    vec![
+        Ablation {
+            method: pmg::NAME,
+            name: "steps without jigsaw",
+            backbones: &["resnet18"],
+            overrides: vec![o("granularities", ints(&[1, 1, 1]))],
+            all_seeds: false,
+        },
+        Ablation {
+            method: dcl::NAME,
+            name: "no adversarial loss",
+            backbones: &["resnet18"],
+            overrides: vec![o("beta", 0.0.into())],
+            all_seeds: false,
+        },
+        Ablation {
+            method: dcl::NAME,
+            name: "no alignment loss",
+            backbones: &["resnet18"],
+            overrides: vec![o("gamma", 0.0.into())],
+            all_seeds: false,
+        },
+        Ablation {
+            method: dcl::NAME,
+            name: "paper RCM",
+            backbones: &["resnet18"],
+            overrides: vec![o("rcm", "paper".into())],
+            all_seeds: false,
+        },
+        Ablation {
+            method: rmg_pmsi::NAME,
+            name: "no MSI",
+            backbones: &["mobilenet_v2"],
+            overrides: vec![o("msi", false.into())],
+            all_seeds: false,
+        },
+        Ablation {
+            method: coarse2fine::NAME,
+            name: "stage one alone",
+            backbones: &["resnet18"],
+            overrides: vec![o("coarse_epochs", Value::Integer(epochs as i64))],
+            all_seeds: true,
+        },
+        Ablation {
+            method: coarse2fine::NAME,
+            name: "no orthogonal init",
+            backbones: &["resnet18"],
+            overrides: vec![o("orthogonal_init", false.into())],
+            all_seeds: false,
+        },
+        // The common factor on WS-DAN's rate (the recipe keeps it unscaled, see `Recipe::scaled`).
+        Ablation {
+            method: coarse2fine::NAME,
+            name: "rate x 10 like the others",
+            backbones: &["resnet18", "mobilenet_v2"],
+            overrides: vec![("optim.lr".into(), 0.01.into())],
+            all_seeds: true,
+        },
+    ]
+}
+
+/// `key = value` changes of a configuration.
+type Overrides = [(String, Value)];
+
+/// One planned fine-tuning run.
+struct Planned {
+    name: String,
+    method: String,
+    variant: String,
+    backbone: String,
+    seed: u64,
+    config: String,
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// Runs `config` as `name` under `out` unless a finished run of the same configuration exists there;
+/// returns the run directory.
+fn train(
+    fgvc: &Path,
+    root: &Path,
+    out: &Path,
+    name: &str,
+    config: &str,
+    force: bool,
+) -> Result<PathBuf> {
+    let run_dir = out.join(name);
+    let config_path = out.join(format!("{name}.toml"));
+    let log = run_dir.join("metrics.jsonl");
+    let finished = read_records(&log)?.iter().any(|r| r.kind == "test");
+    let same = std::fs::read_to_string(&config_path).ok().as_deref() == Some(config);
+    if finished && same && !force {
+        println!("{name}: finished run reused");
+        return Ok(run_dir);
+    }
+    if run_dir.exists() && !same && !force {
+        bail!(
+            "{name}: {} holds a run of another configuration than {} now plans (the recipe or the \
+             budget changed); pass --force to replace it, or another --out",
+            run_dir.display(),
+            config_path.display()
+        );
+    }
+    atomic_write(&config_path, config.as_bytes())?;
+    let mut cmd = Command::new(fgvc);
+    cmd.arg("train")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--out")
+        .arg(&run_dir)
+        .arg("--no-progress");
+    if run_dir.join("checkpoint-last.safetensors").exists() && same && !finished {
+        println!("{name}: continuing the interrupted run");
+        cmd.arg("--resume");
+    } else if run_dir.exists() {
+        cmd.arg("--overwrite");
+        println!("{name}: training (replacing the earlier run)");
+    } else {
+        println!("{name}: training");
+    }
+    let status = cmd
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("could not run {}", fgvc.display()))?;
+    if !status.success() {
+        bail!(
+            "{name}: fgvc train failed with {status} (log: {})",
+            log.display()
+        );
+    }
+    Ok(run_dir)
+}
+
+/// The table row of a finished run.
+fn row_of(run_dir: &Path, method: &str, backbone: &str) -> Result<Row> {
+    let log = run_dir.join("metrics.jsonl");
+    let main = crate::train_cub::read_result(run_dir)?.head;
+    summarize(method, backbone, &main, &read_records(&log)?)
+        .with_context(|| format!("{} has no test record", log.display()))
+}
+
+/// Runs the benchmark (or its reduced version) and writes `table.md` and `table.json` under `--out`.
+pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
+    let root = crate::workspace_root();
+    let mut budget = if args.quick {
+        Budget::quick()
+    } else {
+        Budget::full()
+    };
+    if let Some(e) = args.epochs {
+        budget.finetune_epochs = e;
+    }
+    if let Some(e) = args.pretrain_epochs {
+        budget.pretrain_epochs = e;
+    }
+    if let Some(s) = args.lr_scale {
+        budget.lr_scale = s;
+    }
+    let backbones = args.backbones.clone().unwrap_or_else(|| {
+        if args.quick {
+            vec!["resnet18".into()]
+        } else {
+            vec!["resnet18".into(), "mobilenet_v2".into()]
+        }
+    });
+    let method_names: Vec<String> = args
+        .methods
+        .clone()
+        .unwrap_or_else(|| methods().into_iter().map(String::from).collect());
+    let seeds = args
+        .seeds
+        .clone()
+        .unwrap_or_else(|| if args.quick { vec![0] } else { vec![0, 1, 2] });
+    if seeds.is_empty() {
+        bail!("--seeds is empty");
+    }
+    let ablation_seeds = args
+        .ablation_seeds
+        .unwrap_or(if args.quick { 0 } else { 1 })
+        .min(seeds.len());
+    let min_top1 = args.min_top1.or(args.quick.then_some(0.3));
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if args.quick {
+            "target/method-benchmark-quick"
+        } else {
+            "target/method-benchmark"
+        })
+    });
+    let out = if out.is_absolute() {
+        out
+    } else {
+        root.join(out)
+    };
+    let runs = out.join("runs");
+    std::fs::create_dir_all(&runs).with_context(|| format!("cannot create {}", runs.display()))?;
+
+    // Plan everything (and check every configuration) before the first minute of training.
+    let baseline_preset = Preset::read(&root, baseline::NAME)?;
+    let mut pretrain = Vec::new();
+    let mut plan = Vec::new();
+    let abl = ablations(budget.finetune_epochs);
+    for backbone in &backbones {
+        let config = pretrain_config(&baseline_preset, backbone, &budget)?;
+        fgvc_train::Config::parse(&config, "the pretraining config", &[])
+            .with_context(|| format!("pretraining {backbone}"))?;
+        let name = format!("pretrain-{backbone}");
+        let weights = runs.join(&name).join("best.safetensors");
+        pretrain.push((backbone.clone(), name, config));
+        // (method, ablation name, its changes, seeds) of each cell.
+        let mut cells: Vec<(String, &str, &Overrides, usize)> = method_names
+            .iter()
+            .map(|m| (m.clone(), "", &[][..], seeds.len()))
+            .collect();
+        for a in &abl {
+            if method_names.iter().any(|m| m == a.method)
+                && a.backbones.contains(&backbone.as_str())
+                && ablation_seeds > 0
+            {
+                let n = if a.all_seeds {
+                    seeds.len()
+                } else {
+                    ablation_seeds
+                };
+                cells.push((a.method.to_string(), a.name, &a.overrides, n));
+            }
+        }
+        for (method, variant, overrides, n) in cells {
+            let preset = Preset::read(&root, &method)?;
+            for &seed in &seeds[..n] {
+                let config =
+                    finetune_config(&preset, backbone, &weights, seed, &budget, overrides)?;
+                fgvc_train::Config::parse(&config, "a fine-tuning config", &[])
+                    .with_context(|| format!("{method} {variant} on {backbone}"))?;
+                let variant_slug = if variant.is_empty() {
+                    String::new()
+                } else {
+                    format!("-{}", slug(variant))
+                };
+                plan.push(Planned {
+                    name: format!("{method}{variant_slug}-{backbone}-seed{seed}"),
+                    method: method.clone(),
+                    variant: variant.to_string(),
+                    backbone: backbone.clone(),
+                    seed,
+                    config,
+                });
+            }
+        }
+    }
+    println!(
+        "method-benchmark: {} pretraining and {} fine-tuning runs under {} on {}",
+        pretrain.len(),
+        plan.len(),
+        out.display(),
+        crate::machine::Machine::here(None).describe()
+    );
+
+    let fgvc = crate::synthetic_table::fgvc_binary(args.fgvc.as_deref(), &root)?;
+    let mut pretrained = Vec::new();
+    for (backbone, name, config) in &pretrain {
+        let dir = train(&fgvc, &root, &runs, name, config, args.force)?;
+        let row = row_of(&dir, baseline::NAME, backbone)?;
+        pretrained.push(Pretrained {
+            backbone: backbone.clone(),
+            classes: budget.source_classes,
+            epochs: row.epochs,
+            source_test_top1: row.test_top1,
+            seconds_per_epoch: row.seconds_per_epoch,
+        });
+    }
+    let mut done: Vec<(Planned, Row)> = Vec::new();
+    for p in plan {
+        let dir = train(&fgvc, &root, &runs, &p.name, &p.config, args.force)?;
+        let row = row_of(&dir, &p.method, &p.backbone)?;
+        done.push((p, row));
+    }
+
+    // Group the runs into cells, in plan order.
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut keys: Vec<(String, String, String)> = Vec::new();
+    for (p, _) in &done {
+        let key = (p.method.clone(), p.variant.clone(), p.backbone.clone());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for (method, variant, backbone) in keys {
+        let group: Vec<&(Planned, Row)> = done
+            .iter()
+            .filter(|(p, _)| p.method == method && p.variant == variant && p.backbone == backbone)
+            .collect();
+        let seeds: Vec<u64> = group.iter().map(|(p, _)| p.seed).collect();
+        let rows: Vec<Row> = group.iter().map(|(_, r)| r.clone()).collect();
+        cells.push(Cell::of(&variant, &seeds, &rows));
+    }
+    let table = summary::markdown(&backbones, &pretrained, &cells);
+    atomic_write(&out.join("table.md"), table.as_bytes())?;
+    atomic_write(
+        &out.join("table.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "machine": crate::machine::Machine::here(None).describe(),
+            "budget": format!("{budget:?}"),
+            "pretrained": pretrained,
+            "cells": cells,
+        }))?
+        .as_bytes(),
+    )?;
+    println!("\n{table}written to {}", out.join("table.md").display());
+    if let Some(floor) = min_top1 {
+        // In the reduced version Coarse2Fine does not learn: WS-DAN's unscaled rate, decayed by 0.9^80 over
+        // 3 epochs from a weakly pretrained backbone, stays at chance (docs/methods.md). It is reported,
+        // not held to the floor.
+        let exempt = |c: &Cell| args.quick && c.method == coarse2fine::NAME;
+        for c in cells.iter().filter(|c| exempt(c)) {
+            println!(
+                "{} on {}: {:.1} %, not held to the floor in the reduced version (docs/methods.md)",
+                c.label(),
+                c.backbone,
+                100.0 * c.test().0
+            );
+        }
+        let low: Vec<String> = cells
+            .iter()
+            .filter(|c| !exempt(c))
+            .filter(|c| c.test().0.is_nan() || c.test().0 < floor)
+            .map(|c| {
+                format!(
+                    "{} on {}: {:.1} %",
+                    c.label(),
+                    c.backbone,
+                    100.0 * c.test().0
+                )
+            })
+            .collect();
+        if !low.is_empty() {
+            bail!(
+                "below the floor of {:.1} % test top-1: {}",
+                100.0 * floor,
+                low.join("; ")
+            );
+        }
+        println!(
+            "every cell reached the floor of {:.1} % test top-1",
+            100.0 * floor
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ablation_changes_options_its_method_knows() {
+        let weights = Path::new("w.safetensors");
+        let budget = Budget::full();
+        for a in ablations(10) {
+            let preset = Preset::read(&crate::workspace_root(), a.method).unwrap();
+            for b in a.backbones {
+                let cfg = finetune_config(&preset, b, weights, 0, &budget, &a.overrides).unwrap();
+                let plain = finetune_config(&preset, b, weights, 0, &budget, &[]).unwrap();
+                assert_ne!(cfg, plain, "{}", a.name);
+                fgvc_train::Config::parse(&cfg, "x.toml", &[])
+                    .unwrap_or_else(|e| panic!("{} {}: {e}", a.method, a.name));
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_of_another_configuration_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::create_dir_all(out.join("r")).unwrap();
+        std::fs::write(out.join("r/metrics.jsonl"), "").unwrap();
+        std::fs::write(out.join("r.toml"), "seed = 1\n").unwrap();
+        let err = train(
+            Path::new("/nonexistent/fgvc"),
+            out,
+            out,
+            "r",
+            "seed = 2\n",
+            false,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("another configuration"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(out.join("r.toml")).unwrap(),
+            "seed = 1\n"
+        );
+    }
+}
