@@ -7,6 +7,7 @@ pub mod cuda_toolkit;
 pub mod device_arg;
 pub mod download;
 pub mod extract;
+pub mod fgvc_run;
 pub mod machine;
 pub mod method_benchmark;
 pub mod protos;

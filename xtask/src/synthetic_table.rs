@@ -10,13 +10,14 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fgvc_train::methods::baseline;
 use fgvc_train::metrics::{read_records, Record};
 use fgvc_train::registry;
+
+use crate::fgvc_run::{fgvc_binary, train};
 use serde::Serialize;
 
 /// The methods of the table, in its row order: the registry's methods that ship a synthetic preset.
@@ -202,34 +203,6 @@ pub fn markdown(rows: &[Row]) -> String {
     s
 }
 
-/// `given`, else the release `fgvc` that `cargo build --release -p fgvc-cli` builds.
-pub fn fgvc_binary(given: Option<&Path>, root: &Path) -> Result<PathBuf> {
-    if let Some(p) = given {
-        // Absolute, so that runs started in another directory find it.
-        return std::fs::canonicalize(p)
-            .with_context(|| format!("the fgvc binary {} cannot be found", p.display()));
-    }
-    let cargo = crate::cargo();
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "fgvc-cli", "--bin", "fgvc"])
-        .status()
-        .context("could not start cargo build for fgvc")?;
-    if !status.success() {
-        bail!("building fgvc failed with {status}");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("fgvc"))
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// Runs every (method, backbone) pair that has no finished run yet, then writes and prints the table.
 pub fn run(args: &SyntheticTableArgs) -> Result<()> {
     let root = crate::workspace_root();
@@ -265,48 +238,13 @@ pub fn run(args: &SyntheticTableArgs) -> Result<()> {
                 .unwrap_or_else(|_| "?".into());
             summarize(&method, &backbone, &main, records)
         };
-        let finished = summary(&read_records(&log)?);
-        let row = match finished {
-            Some(row) if !args.force => {
-                println!("{name}: finished run reused ({})", run_dir.display());
-                row
-            }
-            _ => {
-                if run_dir.exists() {
-                    std::fs::remove_dir_all(&run_dir)
-                        .with_context(|| format!("cannot clear {}", run_dir.display()))?;
-                }
-                let config_path = out.join(format!("{name}.toml"));
-                fgvc_train::run_dir::atomic_write(&config_path, config.as_bytes())?;
-                println!("{name}: training (load average {})", load_average());
-                let mut cmd = Command::new(&fgvc);
-                cmd.arg("train")
-                    .arg("--config")
-                    .arg(&config_path)
-                    .arg("--out")
-                    .arg(&run_dir)
-                    .arg("--no-progress");
-                for s in &args.set {
-                    cmd.arg("--set").arg(s);
-                }
-                let status = cmd
-                    .current_dir(&root)
-                    .status()
-                    .with_context(|| format!("could not run {}", fgvc.display()))?;
-                if !status.success() {
-                    bail!(
-                        "{name}: fgvc train failed with {status} (log: {})",
-                        log.display()
-                    );
-                }
-                summary(&read_records(&log)?).with_context(|| {
-                    format!(
-                        "{name}: the run finished without a test record in {}",
-                        log.display()
-                    )
-                })?
-            }
-        };
+        let dir = train(&fgvc, &root, &out, &name, &config, &args.set, args.force)?;
+        let row = summary(&read_records(&dir.join("metrics.jsonl"))?).with_context(|| {
+            format!(
+                "{name}: the run finished without a test record in {}",
+                log.display()
+            )
+        })?;
         rows.push(row);
     }
     let table = markdown(&rows);

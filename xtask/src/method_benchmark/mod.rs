@@ -12,7 +12,6 @@ pub mod recipe;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -21,6 +20,7 @@ use fgvc_train::metrics::read_records;
 use fgvc_train::run_dir::atomic_write;
 use toml::Value;
 
+use crate::fgvc_run::{fgvc_binary, train};
 use crate::synthetic_table::{methods, summarize, Row};
 use recipe::{finetune_config, pretrain_config, Budget, Preset};
 use summary::{Cell, Pretrained};
@@ -168,63 +168,6 @@ fn slug(s: &str) -> String {
         .collect()
 }
 
-/// Runs `config` as `name` under `out` unless a finished run of the same configuration exists there;
-/// returns the run directory.
-fn train(
-    fgvc: &Path,
-    root: &Path,
-    out: &Path,
-    name: &str,
-    config: &str,
-    force: bool,
-) -> Result<PathBuf> {
-    let run_dir = out.join(name);
-    let config_path = out.join(format!("{name}.toml"));
-    let log = run_dir.join("metrics.jsonl");
-    let finished = read_records(&log)?.iter().any(|r| r.kind == "test");
-    let same = std::fs::read_to_string(&config_path).ok().as_deref() == Some(config);
-    if finished && same && !force {
-        println!("{name}: finished run reused");
-        return Ok(run_dir);
-    }
-    if run_dir.exists() && !same && !force {
-        bail!(
-            "{name}: {} holds a run of another configuration than {} now plans (the recipe or the \
-             budget changed); pass --force to replace it, or another --out",
-            run_dir.display(),
-            config_path.display()
-        );
-    }
-    atomic_write(&config_path, config.as_bytes())?;
-    let mut cmd = Command::new(fgvc);
-    cmd.arg("train")
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--out")
-        .arg(&run_dir)
-        .arg("--no-progress");
-    if run_dir.join("checkpoint-last.safetensors").exists() && same && !finished {
-        println!("{name}: continuing the interrupted run");
-        cmd.arg("--resume");
-    } else if run_dir.exists() {
-        cmd.arg("--overwrite");
-        println!("{name}: training (replacing the earlier run)");
-    } else {
-        println!("{name}: training");
-    }
-    let status = cmd
-        .current_dir(root)
-        .status()
-        .with_context(|| format!("could not run {}", fgvc.display()))?;
-    if !status.success() {
-        bail!(
-            "{name}: fgvc train failed with {status} (log: {})",
-            log.display()
-        );
-    }
-    Ok(run_dir)
-}
-
 /// The table row of a finished run.
 fn row_of(run_dir: &Path, method: &str, backbone: &str) -> Result<Row> {
     let log = run_dir.join("metrics.jsonl");
@@ -349,10 +292,10 @@ pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
         crate::machine::Machine::here(None).describe()
     );
 
-    let fgvc = crate::synthetic_table::fgvc_binary(args.fgvc.as_deref(), &root)?;
+    let fgvc = fgvc_binary(args.fgvc.as_deref(), &root)?;
     let mut pretrained = Vec::new();
     for (backbone, name, config) in &pretrain {
-        let dir = train(&fgvc, &root, &runs, name, config, args.force)?;
+        let dir = train(&fgvc, &root, &runs, name, config, &[], args.force)?;
         let row = row_of(&dir, baseline::NAME, backbone)?;
         pretrained.push(Pretrained {
             backbone: backbone.clone(),
@@ -364,7 +307,7 @@ pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
     }
     let mut done: Vec<(Planned, Row)> = Vec::new();
     for p in plan {
-        let dir = train(&fgvc, &root, &runs, &p.name, &p.config, args.force)?;
+        let dir = train(&fgvc, &root, &runs, &p.name, &p.config, &[], args.force)?;
         let row = row_of(&dir, &p.method, &p.backbone)?;
         done.push((p, row));
     }
@@ -474,6 +417,7 @@ mod tests {
             out,
             "r",
             "seed = 2\n",
+            &[],
             false,
         )
         .unwrap_err();

@@ -23,8 +23,9 @@ pub struct SyntheticConfig {
     /// The seed every image derives from.
     pub seed: u64,
     /// Index of this set's first class among the `first_class + classes` part combinations (0). A set with
-    /// `first_class = n` shares no class with a set of `n` classes (while both count at most 144 classes,
-    /// so they share the 4 beak hues): a disjoint source task to pretrain on, the way ImageNet is used.
+    /// `first_class = n` shares no class with a set of `n` classes (both must have the same beak hues: 4 up
+    /// to 144 classes; other counts are refused): a disjoint source task to pretrain on, the way ImageNet
+    /// is used.
     pub first_class: usize,
 }
 
@@ -62,6 +63,22 @@ impl SyntheticConfig {
                 self.classes
             )));
         }
+        // Beak hues grow past 144 classes, and with them every class's combination: a set from class n is
+        // disjoint from the n-class set only while both have the same hues.
+        let hues = super::classes::beak_levels;
+        if self.first_class > 0 && hues(self.first_class + self.classes) != hues(self.first_class) {
+            return Err(DataError::Config(format!(
+                "synthetic first_class = {} with {} classes: the two sets would have {} and {} beak hues, so \
+                 this set would not be disjoint from the first {} classes (keep first_class + classes \
+                 within the first set's {} combinations)",
+                self.first_class,
+                self.classes,
+                hues(self.first_class),
+                hues(self.first_class + self.classes),
+                self.first_class,
+                hues(self.first_class) * 36
+            )));
+        }
         if self.image_size < 16 {
             return Err(DataError::Config(format!(
                 "synthetic image_size must be at least 16, got {}",
@@ -89,5 +106,19 @@ mod tests {
             ..Default::default()
         };
         assert!(Synthetic::new(tiny, Split::Train).is_err());
+        // 5 + 140 classes need 5 beak hues where the first 5 have 4: not disjoint, refused.
+        let overlapping = SyntheticConfig {
+            classes: 140,
+            first_class: 5,
+            ..Default::default()
+        };
+        let err = Synthetic::new(overlapping, Split::Train).unwrap_err();
+        assert!(err.to_string().contains("not be disjoint"), "{err}");
+        let within = SyntheticConfig {
+            classes: 139,
+            first_class: 5,
+            ..Default::default()
+        };
+        assert!(Synthetic::new(within, Split::Train).is_ok());
     }
 }
