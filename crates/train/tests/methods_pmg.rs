@@ -180,3 +180,51 @@ fn reads_the_three_deepest_stages() {
     // features[4:7] (32 x 0.25 -> 8), features[7:14] (96 x 0.25 -> 24), features[14:] (1280).
     assert_eq!(m.head().config().in_channels, vec![8, 24, 1280]);
 }
+
+/// `progressive = false` (the "jigsaw without steps" ablation) takes one optimiser step per batch whose
+/// gradient is the sum of the four progressive steps' gradients at the same weights, on the same jigsaws.
+#[test]
+fn without_the_progressive_steps_the_four_losses_make_one_step() {
+    let b = batch(4, 32, 3, 13);
+    // Progressive, at rate 0 so that every step sees the same weights.
+    let mut pmg = tiny_pmg(3);
+    let (mut opt, log) = recording_sgd(&pmg, 0.0, 0.0, ZeroGrad::SetToNone);
+    let steps = train_step(&mut pmg, &mut opt, &b, 0, 0);
+    let progressive = log.lock().unwrap().clone();
+    assert_eq!(progressive.len(), 4);
+
+    let options = PmgOptions {
+        progressive: false,
+        ..pmg.options().clone()
+    };
+    let mut joint = Pmg::new(&resnet_tiny(), options, 3, store(3)).unwrap();
+    let (mut opt, log) = recording_sgd(&joint, 0.0, 0.0, ZeroGrad::SetToNone);
+    let stats = train_step(&mut joint, &mut opt, &b, 0, 0);
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 1, "one optimiser step per batch");
+    assert_eq!(stats.losses.len(), 4);
+    for ((n1, v1), (n2, v2)) in steps.losses.iter().zip(&stats.losses) {
+        assert_eq!(n1, n2);
+        assert!((v1 - v2).abs() < 1e-5, "{n1}: {v1} vs {v2}");
+    }
+    let total: f64 = stats.losses.iter().map(|(_, v)| v).sum();
+    assert!(
+        (stats.loss - total).abs() < 1e-4,
+        "{} vs {total}",
+        stats.loss
+    );
+    for name in ["layer2.0.conv1.weight", "heads.classifier1.4.weight"] {
+        let sum = progressive
+            .iter()
+            .filter_map(|g| g.get(name))
+            .cloned()
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        let diff = max_diff(&log[0][name], &sum);
+        let scale = max_diff(&sum, &sum.zeros_like().unwrap());
+        assert!(
+            scale > 0.0 && diff <= 1e-4 * scale,
+            "{name}: {diff} of {scale}"
+        );
+    }
+}

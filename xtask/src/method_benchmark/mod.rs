@@ -22,8 +22,8 @@ use toml::Value;
 
 use crate::fgvc_run::{fgvc_binary, train};
 use crate::synthetic_table::{methods, summarize, Row};
-use recipe::{finetune_config, pretrain_config, Budget, Preset};
-use summary::{Cell, Pretrained};
+use recipe::{finetune_config, official, pretrain_config, Budget, Preset};
+use summary::{Cell, Pretrained, RateCandidate, RateChoice};
 
 /// Arguments of `cargo xtask method-benchmark`.
 #[derive(Args, Debug, Clone)]
@@ -45,16 +45,25 @@ pub struct MethodBenchmarkArgs {
     /// Seeds of the ablations (the first N of `--seeds`; default 1, none with --quick).
     #[arg(long)]
     pub ablation_seeds: Option<usize>,
-    /// Fine-tuning epochs (default 6, 3 with --quick).
+    /// Fine-tuning epochs (default 10, 3 with --quick).
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Pretraining epochs (default 15, 8 with --quick).
     #[arg(long)]
     pub pretrain_epochs: Option<usize>,
-    /// Factor on the official learning rates, Coarse2Fine's excepted (default 10, from the baseline's val
-    /// split).
+    /// Candidate factors on the official learning rates, Coarse2Fine's excepted (comma-separated; default
+    /// 1,3,10, or 10 with --quick). With more than one, each backbone runs the baseline at every candidate
+    /// over the seeds and uses the factor with the best mean val top-1 for every method.
+    #[arg(long, value_delimiter = ',')]
+    pub lr_scale: Option<Vec<f64>>,
+    /// Target classes (default 20, or the presets' 5 with --quick); the source starts after them, so it
+    /// stays disjoint.
     #[arg(long)]
-    pub lr_scale: Option<f64>,
+    pub target_classes: Option<usize>,
+    /// Target images per class of the train, val and test splits (comma-separated; default 30,20,50, or
+    /// 100,20,40 with --quick).
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    pub target_per_class: Option<Vec<usize>>,
     /// Fail unless every cell's mean test top-1 reaches this (default 0.3 with --quick: chance is 0.2).
     #[arg(long)]
     pub min_top1: Option<f64>,
@@ -94,6 +103,13 @@ pub fn ablations(epochs: usize) -> Vec<Ablation> {
             name: "steps without jigsaw",
             backbones: &["resnet18"],
             overrides: vec![o("granularities", ints(&[1, 1, 1]))],
+            all_seeds: false,
+        },
+        Ablation {
+            method: pmg::NAME,
+            name: "jigsaw without steps",
+            backbones: &["resnet18"],
+            overrides: vec![o("progressive", false.into())],
             all_seeds: false,
         },
         Ablation {
@@ -144,7 +160,7 @@ pub fn ablations(epochs: usize) -> Vec<Ablation> {
             name: "rate x 10 like the others",
             backbones: &["resnet18", "mobilenet_v2"],
             overrides: vec![("optim.lr".into(), 0.01.into())],
-            all_seeds: true,
+            all_seeds: false,
         },
     ]
 }
@@ -160,6 +176,64 @@ struct Planned {
     backbone: String,
     seed: u64,
     config: String,
+}
+
+/// Plans the fine-tuning runs of one backbone.
+struct Planner<'a> {
+    root: &'a Path,
+    backbone: &'a str,
+    weights: PathBuf,
+    seeds: &'a [u64],
+    budget: &'a Budget,
+}
+
+impl Planner<'_> {
+    /// The runs of `cells` ((method, ablation name, its changes, seeds) each) at rate factor `factor`,
+    /// every configuration checked. A scaled recipe's run name carries the factor (`-x3`), so runs at
+    /// different factors never share a directory.
+    fn cells(
+        &self,
+        cells: &[(String, &str, &Overrides, usize)],
+        factor: f64,
+    ) -> Result<Vec<Planned>> {
+        let backbone = self.backbone;
+        let mut plan = Vec::new();
+        for (method, variant, overrides, n) in cells {
+            let preset = Preset::read(self.root, method)?;
+            let rate = if official(method)?.scaled {
+                format!("-x{factor}")
+            } else {
+                String::new()
+            };
+            for &seed in &self.seeds[..*n] {
+                let config = finetune_config(
+                    &preset,
+                    backbone,
+                    &self.weights,
+                    seed,
+                    self.budget,
+                    factor,
+                    overrides,
+                )?;
+                fgvc_train::Config::parse(&config, "a fine-tuning config", &[])
+                    .with_context(|| format!("{method} {variant} on {backbone} at x{factor}"))?;
+                let variant_slug = if variant.is_empty() {
+                    String::new()
+                } else {
+                    format!("-{}", slug(variant))
+                };
+                plan.push(Planned {
+                    name: format!("{method}{variant_slug}-{backbone}{rate}-seed{seed}"),
+                    method: method.clone(),
+                    variant: variant.to_string(),
+                    backbone: backbone.to_string(),
+                    seed,
+                    config,
+                });
+            }
+        }
+        Ok(plan)
+    }
 }
 
 fn slug(s: &str) -> String {
@@ -190,8 +264,27 @@ pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
     if let Some(e) = args.pretrain_epochs {
         budget.pretrain_epochs = e;
     }
-    if let Some(s) = args.lr_scale {
-        budget.lr_scale = s;
+    if let Some(c) = args.target_classes {
+        if c < 2 {
+            bail!("--target-classes needs at least 2 classes, got {c}");
+        }
+        budget.target_classes = Some(c);
+    }
+    if let Some(t) = &args.target_per_class {
+        match t[..] {
+            [train, val, test] if train > 0 && val > 0 && test > 0 => {
+                budget.target_per_class = Some([train, val, test])
+            }
+            _ => {
+                bail!("--target-per-class needs three positive counts (train,val,test), got {t:?}")
+            }
+        }
+    }
+    if let Some(s) = &args.lr_scale {
+        if s.is_empty() || s.iter().any(|&f| !(f.is_finite() && f > 0.0)) {
+            bail!("--lr-scale needs positive factors, got {s:?}");
+        }
+        budget.lr_scales = s.clone();
     }
     let backbones = args.backbones.clone().unwrap_or_else(|| {
         if args.quick {
@@ -231,18 +324,24 @@ pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
     let runs = out.join("runs");
     std::fs::create_dir_all(&runs).with_context(|| format!("cannot create {}", runs.display()))?;
 
-    // Plan everything (and check every configuration) before the first minute of training.
+    // Plan everything (and check every configuration, at every candidate factor) before the first minute
+    // of training.
     let baseline_preset = Preset::read(&root, baseline::NAME)?;
-    let mut pretrain = Vec::new();
-    let mut plan = Vec::new();
     let abl = ablations(budget.finetune_epochs);
+    let mut backbone_plans = Vec::new();
     for backbone in &backbones {
         let config = pretrain_config(&baseline_preset, backbone, &budget)?;
         fgvc_train::Config::parse(&config, "the pretraining config", &[])
             .with_context(|| format!("pretraining {backbone}"))?;
         let name = format!("pretrain-{backbone}");
         let weights = runs.join(&name).join("best.safetensors");
-        pretrain.push((backbone.clone(), name, config));
+        let planner = Planner {
+            root: &root,
+            backbone,
+            weights,
+            seeds: &seeds,
+            budget: &budget,
+        };
         // (method, ablation name, its changes, seeds) of each cell.
         let mut cells: Vec<(String, &str, &Overrides, usize)> = method_names
             .iter()
@@ -261,40 +360,41 @@ pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
                 cells.push((a.method.to_string(), a.name, &a.overrides, n));
             }
         }
-        for (method, variant, overrides, n) in cells {
-            let preset = Preset::read(&root, &method)?;
-            for &seed in &seeds[..n] {
-                let config =
-                    finetune_config(&preset, backbone, &weights, seed, &budget, overrides)?;
-                fgvc_train::Config::parse(&config, "a fine-tuning config", &[])
-                    .with_context(|| format!("{method} {variant} on {backbone}"))?;
-                let variant_slug = if variant.is_empty() {
-                    String::new()
-                } else {
-                    format!("-{}", slug(variant))
-                };
-                plan.push(Planned {
-                    name: format!("{method}{variant_slug}-{backbone}-seed{seed}"),
-                    method: method.clone(),
-                    variant: variant.to_string(),
-                    backbone: backbone.clone(),
-                    seed,
-                    config,
-                });
-            }
+        for &factor in &budget.lr_scales {
+            planner.cells(&cells, factor)?;
         }
+        backbone_plans.push((backbone.clone(), name, config, planner, cells));
     }
+    let sweep = budget.lr_scales.len() > 1;
     println!(
-        "method-benchmark: {} pretraining and {} fine-tuning runs under {} on {}",
-        pretrain.len(),
-        plan.len(),
+        "method-benchmark: {} backbones{} under {} on {}",
+        backbones.len(),
+        if sweep {
+            format!(
+                ", each with its rate factor chosen among {:?} on the baseline's val split",
+                budget.lr_scales
+            )
+        } else {
+            String::new()
+        },
         out.display(),
         crate::machine::Machine::here(None).describe()
     );
 
     let fgvc = fgvc_binary(args.fgvc.as_deref(), &root)?;
     let mut pretrained = Vec::new();
-    for (backbone, name, config) in &pretrain {
+    let mut rates = Vec::new();
+    let mut done: Vec<(Planned, Row)> = Vec::new();
+    let run_all = |plan: Vec<Planned>| -> Result<Vec<(Planned, Row)>> {
+        let mut rows = Vec::new();
+        for p in plan {
+            let dir = train(&fgvc, &root, &runs, &p.name, &p.config, &[], args.force)?;
+            let row = row_of(&dir, &p.method, &p.backbone)?;
+            rows.push((p, row));
+        }
+        Ok(rows)
+    };
+    for (backbone, name, config, planner, cells) in &backbone_plans {
         let dir = train(&fgvc, &root, &runs, name, config, &[], args.force)?;
         let row = row_of(&dir, baseline::NAME, backbone)?;
         pretrained.push(Pretrained {
@@ -304,12 +404,27 @@ pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
             source_test_top1: row.test_top1,
             seconds_per_epoch: row.seconds_per_epoch,
         });
-    }
-    let mut done: Vec<(Planned, Row)> = Vec::new();
-    for p in plan {
-        let dir = train(&fgvc, &root, &runs, &p.name, &p.config, &[], args.force)?;
-        let row = row_of(&dir, &p.method, &p.backbone)?;
-        done.push((p, row));
+        // The baseline at every candidate factor; the chosen one's runs are reused as its cell.
+        let mut candidates = Vec::new();
+        for &factor in &budget.lr_scales {
+            let base = [(baseline::NAME.to_string(), "", &[][..], seeds.len())];
+            let rows = if sweep {
+                run_all(planner.cells(&base, factor)?)?
+            } else {
+                Vec::new()
+            };
+            candidates.push(RateCandidate {
+                factor,
+                best_val_top1: rows.iter().map(|(_, r)| r.best_val_top1).collect(),
+                test_top1: rows.iter().map(|(_, r)| r.test_top1).collect(),
+            });
+        }
+        let choice = RateChoice::choose(backbone, candidates);
+        if sweep {
+            println!("{backbone}: {}", choice.describe());
+        }
+        done.extend(run_all(planner.cells(cells, choice.chosen)?)?);
+        rates.push(choice);
     }
 
     // Group the runs into cells, in plan order.
@@ -330,7 +445,7 @@ pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
         let rows: Vec<Row> = group.iter().map(|(_, r)| r.clone()).collect();
         cells.push(Cell::of(&variant, &seeds, &rows));
     }
-    let table = summary::markdown(&backbones, &pretrained, &cells);
+    let table = summary::markdown(&backbones, &pretrained, &rates, &cells);
     atomic_write(&out.join("table.md"), table.as_bytes())?;
     atomic_write(
         &out.join("table.json"),
@@ -338,6 +453,7 @@ pub fn run(args: &MethodBenchmarkArgs) -> Result<()> {
             "machine": crate::machine::Machine::here(None).describe(),
             "budget": format!("{budget:?}"),
             "pretrained": pretrained,
+            "rates": rates,
             "cells": cells,
         }))?
         .as_bytes(),
@@ -395,13 +511,56 @@ mod tests {
         for a in ablations(10) {
             let preset = Preset::read(&crate::workspace_root(), a.method).unwrap();
             for b in a.backbones {
-                let cfg = finetune_config(&preset, b, weights, 0, &budget, &a.overrides).unwrap();
-                let plain = finetune_config(&preset, b, weights, 0, &budget, &[]).unwrap();
+                let cfg =
+                    finetune_config(&preset, b, weights, 0, &budget, 10.0, &a.overrides).unwrap();
+                let plain = finetune_config(&preset, b, weights, 0, &budget, 10.0, &[]).unwrap();
                 assert_ne!(cfg, plain, "{}", a.name);
                 fgvc_train::Config::parse(&cfg, "x.toml", &[])
                     .unwrap_or_else(|e| panic!("{} {}: {e}", a.method, a.name));
             }
         }
+    }
+
+    #[test]
+    fn runs_at_different_rate_factors_never_share_a_directory() {
+        let root = crate::workspace_root();
+        let budget = Budget::full();
+        let planner = Planner {
+            root: &root,
+            backbone: "mobilenet_v2",
+            weights: PathBuf::from("w.safetensors"),
+            seeds: &[0, 1],
+            budget: &budget,
+        };
+        let cells: Vec<(String, &str, &Overrides, usize)> = [baseline::NAME, coarse2fine::NAME]
+            .iter()
+            .map(|m| (m.to_string(), "", &[][..], 2))
+            .collect();
+        let names = |f: f64| -> Vec<String> {
+            planner
+                .cells(&cells, f)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.name)
+                .collect()
+        };
+        assert_eq!(
+            names(3.0),
+            [
+                "baseline-mobilenet_v2-x3-seed0",
+                "baseline-mobilenet_v2-x3-seed1",
+                "coarse2fine-mobilenet_v2-seed0",
+                "coarse2fine-mobilenet_v2-seed1"
+            ]
+        );
+        // Coarse2Fine keeps WS-DAN's rate at any factor: the same run, reused.
+        let (a, b) = (
+            planner.cells(&cells, 3.0).unwrap(),
+            planner.cells(&cells, 10.0).unwrap(),
+        );
+        assert_ne!(a[0].config, b[0].config);
+        assert_eq!(a[3].config, b[3].config);
+        assert_eq!(names(10.0)[0], "baseline-mobilenet_v2-x10-seed0");
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct PmgOptions {
     pub block_channels: Option<usize>,
     /// Learning rate of the heads over `optim.lr` (official 0.002 / 0.0002 = 10).
     pub head_lr_mult: f64,
+    /// One optimiser step per granularity, then the concat step (official: the progressive training).
+    /// `false` sums the S + 1 weighted losses, each on its own jigsaw, into one step per batch: the jigsaw
+    /// without the progressive steps, an ablation.
+    pub progressive: bool,
 }
 
 impl Default for PmgOptions {
@@ -93,6 +97,7 @@ impl Default for PmgOptions {
             feature_size: 512,
             block_channels: None,
             head_lr_mult: 10.0,
+            progressive: true,
         }
     }
 }
@@ -249,27 +254,42 @@ pub(crate) fn progressive_destructions(
 
 /// The progressive step PMG and RMG-PMSI share: one optimiser step per entry of `names`, in order, each with
 /// its own keyed RNG stream; `step_loss(k, rng)` returns step `k`'s loss and the concat logits. The train
-/// accuracy is the concat classifier's at the last step, as in both official codes.
+/// accuracy is the concat classifier's at the last step, as in both official codes. With `progressive`
+/// false the same losses, on the same streams, are summed into one optimiser step.
 pub(crate) fn progressive_train_step(
     batch: &Batch,
     ctx: &mut StepContext<'_>,
     names: &[String],
+    progressive: bool,
     mut step_loss: impl FnMut(usize, &mut rand_chacha::ChaCha8Rng) -> Result<(Tensor, Tensor)>,
 ) -> Result<StepStats> {
     let mut stats = StepStats {
         count: batch.len(),
         ..StepStats::default()
     };
+    let mut joint: Option<Tensor> = None;
     for (k, name) in names.iter().enumerate() {
         let mut rng = ctx.rng(k as u64);
         let (loss, concat_logits) = step_loss(k, &mut rng)?;
-        let value = ctx.backward_step(&loss)?;
-        stats.loss += value;
+        let value = if progressive {
+            ctx.backward_step(&loss)?
+        } else {
+            let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+            joint = Some(match joint {
+                Some(sum) => (sum + loss)?,
+                None => loss,
+            });
+            value
+        };
         stats.losses.push((name.clone(), value));
         if k + 1 == names.len() {
             stats.correct = count_correct(&concat_logits.detach(), &batch.labels)?;
         }
     }
+    stats.loss = match joint {
+        Some(sum) => ctx.backward_step(&sum)?,
+        None => stats.losses.iter().map(|(_, v)| v).sum(),
+    };
     Ok(stats)
 }
 
@@ -347,7 +367,7 @@ impl Method for Pmg {
 
     fn train_step(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<StepStats> {
         let names = step_names("jigsaw", &self.options.granularities, self.num_steps());
-        progressive_train_step(batch, ctx, &names, |k, rng| {
+        progressive_train_step(batch, ctx, &names, self.options.progressive, |k, rng| {
             let (loss, out) = self.step_loss(&batch.images, &batch.labels, k, rng)?;
             Ok((loss, out.concat_logits))
         })

@@ -291,7 +291,7 @@ impl Method for RmgPmsi {
 
     fn train_step(&mut self, batch: &Batch, ctx: &mut StepContext<'_>) -> Result<StepStats> {
         let names = step_names("mosaic", &self.options.levels, self.num_steps());
-        progressive_train_step(batch, ctx, &names, |k, rng| {
+        progressive_train_step(batch, ctx, &names, true, |k, rng| {
             let (loss, out) = self.step_loss(&batch.images, &batch.labels, k, rng)?;
             Ok((loss, out.concat_logits))
         })
