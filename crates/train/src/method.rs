@@ -294,7 +294,7 @@ impl<'a> StepContext<'a> {
     /// In a data-parallel run ([`StepContext::with_group`]) the step applies the mean of every rank's
     /// gradients, and both checks are agreed between the ranks, so that all of them stop together.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<f64> {
-        let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+        let value = crate::methods::scalar(loss)?;
         if !self.group.all(value.is_finite())? {
             return Err(TrainError::NonFiniteLoss {
                 epoch: self.epoch,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     backbone_and_head_groups, build_backbone, check_non_negative, count_correct, option_error,
-    reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
+    reject_model_head_lr_mult, scalar, weighted_ce, HEAD_PREFIX,
 };
 use crate::config::geometry::BackboneGeometry;
 use crate::config::Config;
@@ -205,12 +205,6 @@ impl Coarse2FineMethod {
         let fine = weighted_ce(&out.fine.logits, labels, 1.0)?;
         Ok((coarse, fine, out))
     }
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(f64::from(
-        t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?,
-    ))
 }
 
 impl MethodDef for Coarse2FineMethod {

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
-    option_error, reject_model_head_lr_mult, HEAD_PREFIX,
+    option_error, reject_model_head_lr_mult, scalar, HEAD_PREFIX,
 };
 use crate::config::geometry::{check_grid_divides, BackboneGeometry};
 use crate::config::Config;
@@ -354,12 +354,6 @@ impl Dcl {
         let parts = [scalar(&cls)?, scalar(&swap)?, scalar(&loc)?];
         Ok((total, parts, out))
     }
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(f64::from(
-        t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?,
-    ))
 }
 
 /// Rows `0, 2, 4, ...` of `x` (the originals of an interleaved batch).

@@ -107,6 +107,11 @@ pub(crate) fn weighted_ce(logits: &Tensor, labels: &Tensor, weight: f64) -> Resu
     })
 }
 
+/// The value of a scalar loss on the host, in f64 (a bf16 or f16 loss read through f32).
+pub(crate) fn scalar(loss: &Tensor) -> Result<f64> {
+    Ok(f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?))
+}
+
 /// Rows of `logits` whose arg-max equals the label.
 pub(crate) fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
     let pred = logits.argmax(D::Minus1)?;

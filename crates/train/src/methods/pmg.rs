@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     augment_error, backbone_and_head_groups, build_backbone, check_non_negative, count_correct,
-    option_error, reject_model_head_lr_mult, weighted_ce, HEAD_PREFIX,
+    option_error, reject_model_head_lr_mult, scalar, weighted_ce, HEAD_PREFIX,
 };
 use crate::config::geometry::{check_grid_divides, BackboneGeometry};
 use crate::config::Config;
@@ -274,7 +274,7 @@ pub(crate) fn progressive_train_step(
         let value = if progressive {
             ctx.backward_step(&loss)?
         } else {
-            let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+            let value = scalar(&loss)?;
             joint = Some(match joint {
                 Some(sum) => (sum + loss)?,
                 None => loss,
